@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both install what is missing first.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install system-deps demo test down lint bench
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: system-deps $(BIN)/.installed
+
+demo: install
+	$(BIN)/rayetl up
+	$(BIN)/rayetl submit hello_world -p n=1000 -p message="hello from the rayetl demo" --wait
+	@echo
+	@echo "The stack keeps running: explore the API docs and the Ray dashboard above."
+	@echo "Follow-up: $(BIN)/rayetl jobs   |   stop everything: $(BIN)/rayetl down"
+
+test: install
+	$(BIN)/python -m pytest
+
+down:
+	$(BIN)/rayetl down
+
+lint: install
+	$(BIN)/ruff check rayetl tests benchmarks
+	$(BIN)/ruff format --check rayetl tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/orchestration.py

@@ -1,0 +1,1 @@
+"""Everything that knows Ray: submission, the JobCoordinator actor, task execution, the janitor."""

@@ -1,0 +1,98 @@
+"""The janitor: resumes or fails jobs whose coordinator is gone, after asking Ray, never on time alone."""
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import ray
+
+from rayetl.actors.runtime import JANITOR_NAME
+from rayetl.actors.submission import find_coordinator, start_coordinator
+from rayetl.models import JobRecord, JobStatus
+from rayetl.settings import Settings
+from rayetl.store import audit
+from rayetl.store.db import open_pool
+
+__all__ = ["Janitor", "ensure_janitor"]
+
+logger = logging.getLogger(__name__)
+
+_PING_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the janitor did about one stale job."""
+
+    job_id: str
+    action: str  # "alive", "resumed" or "failed"
+    reason: str
+
+
+def _is_coordinator_alive(job: JobRecord, settings: Settings) -> bool:
+    coordinator = find_coordinator(job, settings)
+    if coordinator is None:
+        return False
+    try:
+        state = ray.get(coordinator.ping.remote(), timeout=_PING_TIMEOUT_S)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False
+    return bool(state.get("running"))
+
+
+@ray.remote(num_cpus=0, max_concurrency=2)
+class Janitor:
+    """A long-lived actor that sweeps for stale jobs every janitor_interval_s."""
+
+    def __init__(self, settings: Settings):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._settings = settings
+        self._pool = open_pool(settings, min_size=1, max_size=2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="janitor", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._settings.janitor_interval_s):
+            try:
+                self.sweep()
+            except Exception:
+                logger.exception("janitor sweep failed; trying again next interval")
+
+    def sweep(self) -> list[Decision]:
+        """Look at every job that has not moved for janitor_stale_after_s and act on it."""
+        with self._pool.connection() as conn:
+            stale = audit.find_stale_jobs(conn, idle_s=self._settings.janitor_stale_after_s)
+        return [self._decide(job) for job in stale]
+
+    def _decide(self, job: JobRecord) -> Decision:
+        if _is_coordinator_alive(job, self._settings):
+            return Decision(job.id, "alive", "coordinator answers; the job is only slow")
+        with self._pool.connection() as conn:
+            if job.resumes < self._settings.janitor_max_resumes:
+                reason = f"coordinator of attempt {job.attempt} is gone; resuming from the last durable stage"
+                if audit.mark_resumed(conn, job.id, job.attempt, reason=reason):
+                    start_coordinator(job, self._settings)
+                    logger.warning("job %s: %s", job.id[:12], reason)
+                    return Decision(job.id, "resumed", reason)
+                return Decision(job.id, "alive", "the job moved on while the janitor looked")
+            reason = (
+                f"coordinator lost {job.resumes + 1} times; the janitor failed the job. "
+                f"POST /api/jobs/{job.id}/retry runs it again"
+            )
+            audit.finish_job(
+                conn, job.id, job.attempt, JobStatus.FAILED, error=reason, detail={"by": "janitor"}
+            )
+            logger.error("job %s: %s", job.id[:12], reason)
+            return Decision(job.id, "failed", reason)
+
+
+def ensure_janitor(settings: Settings):
+    """The cluster's janitor, started if it is not running yet."""
+    return Janitor.options(
+        name=JANITOR_NAME,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+    ).remote(settings)

@@ -1,0 +1,55 @@
+"""Joining a Ray cluster, and the names rayetl's actors and tasks carry in the dashboard."""
+
+import logging
+import os
+from pathlib import Path
+
+import ray
+
+from rayetl.settings import Settings
+
+__all__ = [
+    "JANITOR_NAME",
+    "connect_ray",
+    "coordinator_name",
+    "local_ray_address",
+    "task_name",
+]
+
+logger = logging.getLogger(__name__)
+
+JANITOR_NAME = "rayetl-janitor"
+
+
+def coordinator_name(job_type: str, job_id: str, attempt: int) -> str:
+    """The coordinator's actor name: readable in the dashboard, unique per job attempt."""
+    return f"rayetl-job-{job_type}-{job_id[:12]}-a{attempt}"
+
+
+def task_name(job_type: str, stage: str, key: str) -> str:
+    """A task's name in the dashboard: <job_type>:<stage>:<key>."""
+    return f"{job_type}:{stage}:{key}"
+
+
+def local_ray_address(settings: Settings) -> Path:
+    """File where `rayetl up` writes the address of the Ray head it started."""
+    return settings.home.absolute() / "ray-address"
+
+
+def connect_ray(settings: Settings) -> None:
+    """Join the configured cluster, the one `rayetl up` started, or start a private one."""
+    if ray.is_initialized():
+        return
+    address = settings.ray_address
+    if address is None and local_ray_address(settings).exists():
+        address = local_ray_address(settings).read_text().strip()
+    if address is None and "RAY_ADDRESS" not in os.environ:
+        # A private cluster for this process only: no token auth, nobody else can reach it.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    logger.info("joining Ray at %s", address or "a new local cluster")
+    ray.init(
+        address=address,
+        namespace=settings.ray_namespace,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )

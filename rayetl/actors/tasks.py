@@ -1,0 +1,54 @@
+"""How one task runs on a Ray worker: set its context, run the function, report a summary."""
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from pydantic import BaseModel
+
+from rayetl.pipelines.contract import TaskContext, task_context
+
+__all__ = ["execute_task", "summarize_output"]
+
+_MAX_INLINE_SUMMARY_BYTES = 2_000
+
+
+def summarize_output(output: Any) -> dict[str, Any]:
+    """A small JSON summary of a task's output for the audit trail."""
+    if isinstance(output, BaseModel):
+        output = output.model_dump(mode="json")
+    try:
+        text = json.dumps(output)
+    except (TypeError, ValueError):
+        return {"type": type(output).__name__}
+    if len(text) > _MAX_INLINE_SUMMARY_BYTES:
+        size = len(output) if hasattr(output, "__len__") else None
+        return {"type": type(output).__name__, "length": size, "json_bytes": len(text)}
+    return output if isinstance(output, dict) else {"value": output}
+
+
+def _durable_value(output: Any) -> Any:
+    return output.model_dump(mode="json") if isinstance(output, BaseModel) else output
+
+
+@ray.remote(max_retries=0, num_returns=2)
+def execute_task(
+    fn: Callable[..., Any], ctx: TaskContext, durable: bool, *args: Any, **kwargs: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Run fn(*args, **kwargs) as ctx; returns (output, report). Retries belong to the coordinator."""
+    started = time.time()
+    with task_context(ctx):
+        output = fn(*args, **kwargs)
+    finished = time.time()
+    report = {
+        "started_at": started,
+        "finished_at": finished,
+        "node": ray.get_runtime_context().get_node_id()[:12],
+        "worker": f"pid {os.getpid()}",
+        "summary": summarize_output(output),
+        "output": _durable_value(output) if durable else None,
+    }
+    return output, report

@@ -1,0 +1,82 @@
+"""Shared pieces of the container jobs: parameters, the listing stage and its preflight."""
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+
+from rayetl.pipelines.contract import JobParams, StageOutputs, TaskSpec, current_task
+from rayetl.settings import Settings
+from rayetl.store.objects import open_container
+
+__all__ = [
+    "ContainerListingParams",
+    "ContainerPrefix",
+    "list_files",
+    "plan_listing",
+    "require_container",
+]
+
+
+def _check_prefix(value: str) -> str:
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")) or ".." in parts or "\x00" in value:
+        raise ValueError(
+            f"prefix {value!r} leaves the container: use a path relative to the container, without '..'"
+        )
+    return value
+
+
+ContainerPrefix = Annotated[str, AfterValidator(_check_prefix)]
+
+
+class ContainerListingParams(JobParams):
+    """Which files of a container a job looks at."""
+
+    container_name: str | None = Field(
+        None, validate_default=True, description="Container to list (default: the configured one)."
+    )
+    prefix: ContainerPrefix = Field("", max_length=1024, description="Only paths starting with this.")
+    extensions: list[str] = Field(
+        default_factory=list, description="Only these extensions (case-insensitive, no dot needed)."
+    )
+    limit: int = Field(1000, ge=1, le=100_000, description="At most this many files.")
+
+    @field_validator("container_name", mode="before")
+    @classmethod
+    def _default_container(cls, value: Any, info: ValidationInfo) -> Any:
+        settings = (info.context or {}).get("settings")
+        if value is None and settings is not None:
+            return settings.default_container
+        if value is None:
+            raise ValueError("container_name is required")
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalize_extensions(cls, value: list[str]) -> list[str]:
+        cleaned = sorted({ext.lower().lstrip(".") for ext in value})
+        for ext in cleaned:
+            if not re.fullmatch(r"[a-z0-9_.-]{1,16}", ext):
+                raise ValueError(
+                    f"extension {ext!r} is not a file extension (letters and digits, e.g. 'tif')"
+                )
+        return cleaned
+
+
+def require_container(params: ContainerListingParams, settings: Settings) -> None:
+    """Preflight: the container must exist (NotFound otherwise)."""
+    open_container(settings, params.container_name)
+
+
+def plan_listing(params: ContainerListingParams, outputs: Mapping[str, StageOutputs]) -> list[TaskSpec]:
+    """One task lists the container."""
+    return [TaskSpec(key="list", args=(params,))]
+
+
+def list_files(params: ContainerListingParams) -> list[dict[str, Any]]:
+    """List the matching files as plain dicts (kept durable in the audit trail)."""
+    container = open_container(current_task().settings, params.container_name)
+    found = container.list(params.prefix, extensions=params.extensions or None, limit=params.limit)
+    return [info.model_dump(mode="json") for info in found]

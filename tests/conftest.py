@@ -1,0 +1,135 @@
+"""Real services, started once per test session: a private PostGIS, a local Ray, Serve over HTTP."""
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from rayetl.devdb import DevDatabase
+from rayetl.models import JobRecord
+from rayetl.settings import Settings
+from rayetl.store import audit
+from rayetl.store.db import open_pool
+from rayetl.store.migrate import upgrade
+
+CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"
+API_TOKEN = "test-token-7f3a"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], *, timeout_s: float, what: str, poll_s: float = 0.1):
+    """Poll condition until it returns something truthy; fail with `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def session_root() -> Iterator[Path]:
+    # Not pytest's tmp_path: its parent is mode 700, and PostgreSQL runs as `postgres` under root.
+    root = Path(tempfile.mkdtemp(prefix="rayetl-test-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database(session_root: Path) -> Iterator[DevDatabase]:
+    db = DevDatabase(session_root / "postgres")
+    db.start()
+    yield db
+    db.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(session_root: Path, database: DevDatabase) -> Settings:
+    settings = Settings(
+        home=session_root / "home",
+        database_url=SecretStr(database.url()),
+        storage_root=session_root / "storage",
+        api_port=free_port(),
+        janitor_interval_s=1.0,
+        janitor_stale_after_s=4.0,
+        retry_backoff_s=0.05,
+        retry_backoff_max_s=0.5,
+        progress_flush_s=0.2,
+    )
+    (settings.local_storage_root / settings.default_container).mkdir(parents=True)
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def pool(settings: Settings):
+    pool = open_pool(settings, min_size=1, max_size=8)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(settings: Settings) -> Iterator[str]:
+    """A local Ray cluster owned by the test session; yields its address."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(namespace=settings.ray_namespace, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def api(settings: Settings, ray_cluster: str) -> Iterator[httpx.Client]:
+    """The Serve app over real HTTP, plus a second app at /secured that requires a token."""
+    from ray import serve
+
+    from rayetl.serve_app import RayetlApi
+
+    serve.start(http_options={"host": "127.0.0.1", "port": settings.api_port})
+    serve.run(RayetlApi.bind(settings), name="rayetl", route_prefix="/")
+    secured = settings.model_copy(update={"api_token": SecretStr(API_TOKEN)})
+    serve.run(RayetlApi.options(name="rayetl-api-secured").bind(secured), name="secured", route_prefix="/secured")
+    with httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=60) as client:
+        yield client
+    serve.shutdown()
+
+
+@pytest.fixture
+def wait_for_job(pool) -> Callable[..., JobRecord]:
+    def wait(job_id: str, *, timeout_s: float = 60) -> JobRecord:
+        def ended():
+            with pool.connection() as conn:
+                job = audit.get_job(conn, job_id)
+            return job if job.status.is_terminal else None
+
+        return wait_until(ended, timeout_s=timeout_s, what=f"job {job_id[:12]} to end")
+
+    return wait
+
+
+@pytest.fixture
+def unique() -> str:
+    """A value that makes a job's params, and so its id, unique to one test run."""
+    return f"{time.time_ns()}"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip("the shared corpus (../shared/corpus) is not present")
+    return CORPUS
