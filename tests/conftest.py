@@ -88,7 +88,8 @@ def ray_cluster(settings: Settings) -> Iterator[str]:
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(namespace=settings.ray_namespace, include_dashboard=False, log_to_driver=False)
+    # "local": never join a cluster another process left in /tmp/ray/ray_current_cluster.
+    ray.init(address="local", namespace=settings.ray_namespace, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 
 from rayetl.store import audit
 from rayetl.store.audit import JobEvent, TaskUpdate
@@ -35,7 +36,18 @@ class AuditBuffer:
         self._tasks: dict[str, TaskUpdate] = {}
         self._events: list[JobEvent] = []
         self._job_fields: dict[str, Any] = {}
+        self._progress: dict[str, BaseModel] | None = None
+        self._progress_changed = False
         self._last_flush = time.monotonic()
+
+    def track_progress(self, progress: dict[str, BaseModel]) -> None:
+        """Write these stage counters with the next flush after each progress_changed()."""
+        self._progress = progress
+        self._progress_changed = True
+
+    def progress_changed(self) -> None:
+        """The tracked counters moved; an idle job writes nothing, so the janitor sees it idle."""
+        self._progress_changed = True
 
     def task(self, update: TaskUpdate) -> None:
         """Record the latest state of a task."""
@@ -64,6 +76,9 @@ class AuditBuffer:
         with self._lock:
             tasks, events, fields = self._tasks, self._events, self._job_fields
             self._tasks, self._events, self._job_fields = {}, [], {}
+            if self._progress_changed and self._progress is not None:
+                fields["stage_progress"] = {name: p.model_dump() for name, p in self._progress.items()}
+            self._progress_changed = False
         self._last_flush = time.monotonic()
         if not (tasks or events or fields):
             return
@@ -79,6 +94,7 @@ class AuditBuffer:
         except Exception:
             # Keep what failed to be written for the next flush; newer task states win.
             with self._lock:
+                self._progress_changed = True
                 self._tasks = {**tasks, **self._tasks}
                 self._events = events + self._events
                 self._job_fields = {**fields, **self._job_fields}

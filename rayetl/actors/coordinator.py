@@ -1,12 +1,9 @@
 """JobCoordinator: one actor per job attempt that runs the stages, records every transition."""
 
-import hashlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,47 +12,20 @@ from pydantic import BaseModel
 
 from rayetl.actors import retry
 from rayetl.actors.audit_buffer import AuditBuffer, StaleAttempt
-from rayetl.actors.runtime import task_name
-from rayetl.actors.schedule import RetryQueue, resume_index
-from rayetl.actors.tasks import execute_task
+from rayetl.actors.schedule import resume_index
+from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, task_id
 from rayetl.errors import PermanentError
-from rayetl.models import JobRecord, JobStatus, StageProgress, TaskStatus
+from rayetl.models import JobRecord, JobStatus, StageProgress
 from rayetl.pipelines import get_job_type
-from rayetl.pipelines.contract import JobParams, JobType, Stage, StageOutputs, TaskContext, TaskSpec
+from rayetl.pipelines.contract import JobParams, JobType, Stage, StageOutputs, TaskSpec
 from rayetl.settings import Settings
 from rayetl.store import audit
-from rayetl.store.audit import NewTask, TaskUpdate
+from rayetl.store.audit import NewTask
 from rayetl.store.db import open_pool
 
 __all__ = ["JobCoordinator", "JobRunner", "task_id"]
 
 logger = logging.getLogger(__name__)
-
-_WAIT_S = 0.1
-
-
-def task_id(job_id: str, stage: str, key: str) -> str:
-    """Deterministic task id: the same task of the same job always has the same row."""
-    return hashlib.sha256(f"{job_id}\x00{stage}\x00{key}".encode()).hexdigest()[:32]
-
-
-class JobCancelled(Exception):
-    """A cancel request reached the coordinator."""
-
-
-class StageFailed(Exception):
-    """A task failed for good, so its stage and the job fail."""
-
-
-@dataclass
-class _Launched:
-    spec: TaskSpec
-    attempt: int
-    data_ref: Any
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
 
 
 class JobRunner:
@@ -87,6 +57,7 @@ class JobRunner:
         job_type = get_job_type(job.job_type)
         buffer = AuditBuffer(pool, job.id, job.attempt, flush_every_s=self._settings.progress_flush_s)
         progress = {s.name: job.stage_progress.get(s.name, StageProgress()) for s in job_type.stages}
+        buffer.track_progress(progress)
         status, result, error = JobStatus.FAILED, None, None
         try:
             params = job_type.params.model_validate(job.params)
@@ -160,7 +131,7 @@ class JobRunner:
         for later in job_type.stages[index:]:
             progress[later.name] = StageProgress(status="skipped")
         buffer.event("stage_empty", stage=stage.name, message="nothing to do: the job ends here")
-        buffer.job(stage_progress=_dump(progress))
+        buffer.progress_changed()
 
     def _run_stage(self, pool, buffer, job_type: JobType, index: int, specs: list[TaskSpec], progress):
         stage = job_type.stages[index]
@@ -168,186 +139,51 @@ class JobRunner:
         with pool.connection() as conn:
             done = audit.durable_outputs(conn, self._job_id, stage.name) if reuse else {}
         to_run = [s for s in specs if s.key not in done]
-        with pool.connection() as conn, conn.transaction():
-            audit.insert_tasks(
-                conn,
-                [
-                    NewTask(
-                        task_id(self._job_id, stage.name, s.key),
-                        self._job_id,
-                        stage.name,
-                        index,
-                        seq,
-                        s.key,
-                        stage.run.__name__,
-                    )
-                    for seq, s in enumerate(specs)
-                    if s.key not in done
-                ],
+        new_tasks = [
+            NewTask(
+                task_id(self._job_id, stage.name, s.key),
+                self._job_id,
+                stage.name,
+                index,
+                seq,
+                s.key,
+                stage.run.__name__,
             )
+            for seq, s in enumerate(specs)
+            if s.key not in done
+        ]
+        with pool.connection() as conn, conn.transaction():
+            audit.insert_tasks(conn, new_tasks)
         stage_progress = progress[stage.name] = StageProgress(
             status="running", total=len(specs), completed=len(done)
         )
         buffer.event("stage_started", stage=stage.name, tasks=len(specs), reused=len(done))
-        buffer.job(current_stage=stage.name, stage_index=index, stage_progress=_dump(progress))
+        buffer.job(current_stage=stage.name, stage_index=index)
         buffer.flush()
 
-        handles, summaries = dict(done), {}
-        self._execute(buffer, job_type, stage, to_run, handles, summaries, stage_progress, progress)
+        run = StageRun(
+            self._job_id,
+            job_type.name,
+            self.attempt,
+            stage,
+            self._settings,
+            buffer,
+            stage_progress,
+            self._cancel,
+        )
+        run.handles.update(done)
+        run.run(to_run)
 
         stage_progress.status = "completed"
+        buffer.progress_changed()
         buffer.event("stage_completed", stage=stage.name, tasks=len(specs), retried=stage_progress.retried)
-        buffer.job(stage_progress=_dump(progress))
         buffer.flush()
-        ordered = {s.key: handles[s.key] for s in specs}
-        return StageOutputs(ordered, summaries=summaries, resolve=ray.get)
-
-    def _execute(self, buffer, job_type, stage, to_run, handles, summaries, stage_progress, progress) -> None:
-        """Launch the stage's tasks, at most max_tasks_in_flight at once; retry transient failures."""
-        pending, retries = deque((s, 1) for s in to_run), RetryQueue()
-        in_flight: dict[Any, _Launched] = {}
-        cap, max_attempts = self._settings.max_tasks_in_flight, self._settings.task_max_attempts
-        try:
-            while pending or in_flight or retries:
-                if self._cancel.is_set():
-                    raise JobCancelled()
-                pending.extend(retries.pop_due())
-                while pending and len(in_flight) < cap:
-                    spec, attempt = pending.popleft()
-                    report_ref, launched = self._launch(job_type, stage, spec, attempt)
-                    in_flight[report_ref] = launched
-                    buffer.task(
-                        TaskUpdate(
-                            task_id(self._job_id, stage.name, spec.key),
-                            TaskStatus.RUNNING,
-                            attempt,
-                            started_at=datetime.now(UTC),
-                        )
-                    )
-                if not in_flight:
-                    time.sleep(min(_WAIT_S, retries.seconds_to_next() or _WAIT_S))
-                    buffer.maybe_flush()
-                    continue
-                ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=_WAIT_S)
-                for report_ref in ready:
-                    launched = in_flight.pop(report_ref)
-                    self._settle(
-                        buffer,
-                        stage,
-                        launched,
-                        report_ref,
-                        handles,
-                        summaries,
-                        stage_progress,
-                        retries,
-                        max_attempts,
-                    )
-                buffer.job(stage_progress=_dump(progress))
-                buffer.maybe_flush()
-        except BaseException:
-            for launched in in_flight.values():
-                ray.cancel(launched.data_ref, force=False, recursive=True)
-            raise
-
-    def _launch(self, job_type: JobType, stage: Stage, spec: TaskSpec, attempt: int):
-        ctx = TaskContext(
-            self._job_id, job_type.name, stage.name, spec.key, attempt, self.attempt, self._settings
-        )
-        data_ref, report_ref = execute_task.options(
-            name=task_name(job_type.name, stage.name, spec.key), num_cpus=stage.num_cpus
-        ).remote(stage.run, ctx, stage.durable, *spec.args, **spec.kwargs)
-        return report_ref, _Launched(spec, attempt, data_ref)
-
-    def _settle(
-        self,
-        buffer,
-        stage,
-        launched,
-        report_ref,
-        handles,
-        summaries,
-        stage_progress,
-        retries,
-        max_attempts,
-    ):
-        key, attempt = launched.spec.key, launched.attempt
-        tid = task_id(self._job_id, stage.name, key)
-        try:
-            report = ray.get(report_ref)
-        except Exception as exc:
-            verdict = retry.classify(exc, attempt, max_attempts)
-            message = retry.describe(exc)
-            now = datetime.now(UTC)
-            if verdict.retry:
-                delay = retry.backoff_s(
-                    attempt,
-                    base_s=self._settings.retry_backoff_s,
-                    max_s=self._settings.retry_backoff_max_s,
-                )
-                retries.push((launched.spec, attempt + 1), delay)
-                stage_progress.retried += 1
-                buffer.task(
-                    TaskUpdate(
-                        tid,
-                        TaskStatus.QUEUED,
-                        attempt,
-                        retryable=True,
-                        error=message,
-                        finished_at=now,
-                    )
-                )
-                buffer.event(
-                    "task_retried",
-                    stage=stage.name,
-                    task_key=key,
-                    attempt=attempt,
-                    kind=verdict.kind,
-                    error=message,
-                    delay_s=round(delay, 3),
-                )
-                logger.warning(
-                    "job %s: task %s failed (%s), retry %d/%d",
-                    self._job_id[:12],
-                    key,
-                    message,
-                    attempt + 1,
-                    max_attempts,
-                )
-                return
-            stage_progress.failed += 1
-            buffer.task(
-                TaskUpdate(tid, TaskStatus.FAILED, attempt, retryable=False, error=message, finished_at=now)
-            )
-            buffer.event(
-                "task_failed",
-                stage=stage.name,
-                task_key=key,
-                attempt=attempt,
-                kind=verdict.kind,
-                error=message,
-            )
-            raise StageFailed(f"task {key!r} failed after {attempt} attempt(s): {message}") from exc
-        handles[key] = report["output"] if stage.durable else launched.data_ref
-        summaries[key] = report["summary"]
-        stage_progress.completed += 1
-        buffer.task(
-            TaskUpdate(
-                tid,
-                TaskStatus.COMPLETED,
-                attempt,
-                result=report["summary"],
-                output=report["output"],
-                node=report["node"],
-                worker=report["worker"],
-                started_at=_utc(report["started_at"]),
-                finished_at=_utc(report["finished_at"]),
-                duration_s=report["finished_at"] - report["started_at"],
-            )
-        )
+        ordered = {s.key: run.handles[s.key] for s in specs}
+        return StageOutputs(ordered, summaries=run.summaries, resolve=ray.get)
 
     def _finish(self, pool, buffer, status: JobStatus, *, result, error, progress) -> None:
         """Write the end of the job, retrying while the database is unreachable."""
-        buffer.job(stage_progress=_dump(progress))
+        buffer.progress_changed()
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -45,7 +45,9 @@ def connect_ray(settings: Settings) -> None:
         address = local_ray_address(settings).read_text().strip()
     if address is None and "RAY_ADDRESS" not in os.environ:
         # A private cluster for this process only: no token auth, nobody else can reach it.
+        # "local" also keeps ray.init from joining whatever cluster /tmp/ray last recorded.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        address = "local"
     logger.info("joining Ray at %s", address or "a new local cluster")
     ray.init(
         address=address,

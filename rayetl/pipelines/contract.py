@@ -215,7 +215,11 @@ def _contract_problems(job: JobType) -> Iterator[str]:
             yield f"stage {stage.name!r}: plan must accept (params, outputs)"
         if not callable(stage.run):
             yield f"stage {stage.name!r}: run is missing: the task function the stage runs"
-        elif not inspect.isfunction(stage.run) or "<" in stage.run.__qualname__ or "." in stage.run.__qualname__:
+        elif (
+            not inspect.isfunction(stage.run)
+            or "<" in stage.run.__qualname__
+            or "." in stage.run.__qualname__
+        ):
             # Ray ships the function to workers by reference: it must be importable by name.
             yield f"stage {stage.name!r}: run must be a module-level function"
         if stage.num_cpus < 0:
