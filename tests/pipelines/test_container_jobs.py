@@ -5,12 +5,12 @@ import os
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-from conftest import wait_until
 from rasterio.transform import from_origin
 
 from rayetl.actors import submission
@@ -26,18 +26,29 @@ THREE_POINTS = """{"type": "FeatureCollection", "features": [
 """
 POINTS_CSV = "id,name,latitude,longitude\n1,a,0.0,0.0\n2,b,1.0,1.0\n3,c,2.0,2.0\n"
 
-# What detect_format names each generated file from its first bytes.
+# The generated files, and the format detect_format names from their first bytes.
 GENERATED_FORMATS = {
-    "vectors/three.geojson": "JSON",
-    "tables/points.csv": "text",
-    "rasters/small.tif": "GeoTIFF/TIFF",
-    "rasters/SCAN.TIF": "GeoTIFF/TIFF",
     "empty.dat": "empty",
+    "rasters/SCAN.TIF": "GeoTIFF/TIFF",
+    "rasters/small.tif": "GeoTIFF/TIFF",
+    "tables/README": "text",
+    "tables/points.csv": "text",
+    "vectors/three.geojson": "JSON",
 }
+# Corpus file → (path in the container, detected format).
 CORPUS_FILES = {
     "vector/rmnp.geojson": ("corpus/rmnp.geojson", "JSON"),
     "raster/byte.tif": ("corpus/byte.tif", "GeoTIFF/TIFF"),
     "vector/test_gpkg_nulls.gpkg": ("corpus/test_gpkg_nulls.gpkg", "SQLite/GeoPackage"),
+}
+# The listings of the shared container, submitted together so that they run side by side.
+SHARED_LISTINGS = {
+    "everything": {},
+    "prefix rasters/": {"prefix": "rasters/"},
+    "prefix rasters/sm": {"prefix": "rasters/sm"},
+    "extensions": {"extensions": [".TIF", "csv"]},
+    "limit": {"limit": 2},
+    "no match": {"prefix": "nothing/here/"},
 }
 
 
@@ -63,8 +74,18 @@ def write_text(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def fill_generated(folder: Path) -> None:
+    """The files of GENERATED_FORMATS: small, in sub-folders, and one empty file at the root."""
+    write_text(folder / "vectors/three.geojson", THREE_POINTS)
+    write_text(folder / "tables/points.csv", POINTS_CSV)
+    write_text(folder / "tables/README", "a file without an extension\n")
+    write_geotiff(folder / "rasters/small.tif", 64)
+    write_geotiff(folder / "rasters/SCAN.TIF", 16)
+    (folder / "empty.dat").touch()
+
+
 def files_on_disk(root: Path) -> dict[str, int]:
-    """Relative path → size of every file under root, the ground truth the jobs must report."""
+    """Relative path → size of every file under root, sorted: what the jobs must report."""
     found = {}
     for folder, _, names in os.walk(root):
         for name in names:
@@ -73,12 +94,36 @@ def files_on_disk(root: Path) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
+def submit(api, job_type: str, params: dict) -> str:
+    response = api.post(f"/api/jobs/{job_type}", json=params)
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def completed(api, wait_for_job, job_id: str) -> dict:
+    """Wait until the job ends; it must have completed. Returns it as GET /api/jobs/{id} shows it."""
+    wait_for_job(job_id)
+    job = api.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "completed", job["error"]
+    return job
+
+
+def run_job(api, wait_for_job, job_type: str, params: dict) -> dict:
+    return completed(api, wait_for_job, submit(api, job_type, params))
+
+
+def job_total(api, job_type: str) -> int:
+    response = api.get("/api/jobs", params={"job_type": job_type})
+    assert response.status_code == 200, response.text
+    return response.json()["total"]
+
+
 @pytest.fixture
 def new_container(settings, unique):
     """Makes empty local containers with unique names; removes them afterwards."""
     made = []
 
-    def make(label: str = "c") -> tuple[str, Path]:
+    def make(label: str) -> tuple[str, Path]:
         name = f"{label}-{unique}-{len(made)}"
         folder = settings.local_storage_root / name
         folder.mkdir(parents=True)
@@ -90,155 +135,86 @@ def new_container(settings, unique):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def fill_generated(folder: Path) -> None:
-    """Small generated files in sub-folders, and one empty file at the root."""
-    write_text(folder / "vectors/three.geojson", THREE_POINTS)
-    write_text(folder / "tables/points.csv", POINTS_CSV)
-    write_geotiff(folder / "rasters/small.tif", 64)
-    write_geotiff(folder / "rasters/SCAN.TIF", 16)
-    (folder / "empty.dat").touch()
+@dataclass(frozen=True)
+class SharedContainer:
+    """A container of generated files that no test changes, and the jobs submitted on it."""
+
+    name: str
+    folder: Path
+    job_ids: dict[str, str]
 
 
-@pytest.fixture
-def container(new_container) -> tuple[str, Path]:
-    """A fresh container of generated files (see GENERATED_FORMATS)."""
-    name, folder = new_container("gen")
+@pytest.fixture(scope="module")
+def shared(api, settings) -> SharedContainer:
+    # One container read by many jobs: submitting them together keeps the file well under a minute.
+    name = f"shared-{time.time_ns()}"
+    folder = settings.local_storage_root / name
     fill_generated(folder)
-    return name, folder
-
-
-@pytest.fixture
-def corpus_container(container, corpus) -> tuple[str, Path]:
-    """The generated container plus three real-world files from the shared corpus."""
-    name, folder = container
-    manifest = {entry["file"]: entry for entry in json.loads((corpus / "MANIFEST.json").read_text())["files"]}
-    for source, (target, _) in CORPUS_FILES.items():
-        assert source in manifest, f"{source} is not in the corpus MANIFEST"
-        (folder / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(corpus / source, folder / target)
-        assert (folder / target).stat().st_size == manifest[source]["bytes"]
-    return name, folder
-
-
-def submit(api, job_type: str, params: dict) -> str:
-    response = api.post(f"/api/jobs/{job_type}", json=params)
-    assert response.status_code == 202, response.text
-    return response.json()["job_id"]
-
-
-def wait_for_end(api, job_id: str) -> dict:
-    """Poll GET /api/jobs/{id} until the job ends; return it as the API shows it."""
-
-    def ended():
-        job = api.get(f"/api/jobs/{job_id}").json()
-        return job if job["status"] in ("completed", "failed", "cancelled") else None
-
-    return wait_until(ended, timeout_s=60, what=f"job {job_id[:12]} to end")
-
-
-def run_jobs(api, job_type: str, many_params: list[dict]) -> list[dict]:
-    """Submit all jobs at once (they run side by side), then wait for each to complete."""
-    jobs = [wait_for_end(api, job_id) for job_id in [submit(api, job_type, p) for p in many_params]]
-    for job in jobs:
-        assert job["status"] == "completed", job["error"]
-    return jobs
-
-
-def run_job(api, job_type: str, params: dict) -> dict:
-    (job,) = run_jobs(api, job_type, [params])
-    return job
-
-
-def job_total(api, job_type: str) -> int:
-    response = api.get("/api/jobs", params={"job_type": job_type})
-    assert response.status_code == 200, response.text
-    return response.json()["total"]
+    job_ids = {
+        label: submit(api, LIST, {"container_name": name, **params})
+        for label, params in SHARED_LISTINGS.items()
+    }
+    job_ids["summary"] = submit(api, SUMMARIZE, {"container_name": name})
+    yield SharedContainer(name, folder, job_ids)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- list_container_contents --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def listed(api, settings) -> tuple[str, Path, dict]:
-    """One listing of a generated container, shared by the tests that only read its result."""
-    name = f"listed-{time.time_ns()}"
-    folder = settings.local_storage_root / name
-    fill_generated(folder)
-    yield name, folder, run_job(api, LIST, {"container_name": name})
-    shutil.rmtree(folder, ignore_errors=True)
+def test_listing_reports_every_file_with_its_size(api, wait_for_job, shared):
+    on_disk = files_on_disk(shared.folder)
 
+    result = completed(api, wait_for_job, shared.job_ids["everything"])["result"]
 
-def test_listing_reports_every_file_with_its_size(listed):
-    name, folder, job = listed
-    on_disk = files_on_disk(folder)
-
-    result = job["result"]
-    assert result["container"] == name
-    assert result["file_count"] == len(on_disk) == 5
+    assert result["container"] == shared.name
+    assert result["file_count"] == len(on_disk) == 6
     assert result["total_bytes"] == sum(on_disk.values())
-    assert {f["path"]: f["size_bytes"] for f in result["files"]} == on_disk
-    assert [f["path"] for f in result["files"]] == sorted(on_disk)
-    assert result["message"] == f"5 files in container '{name}'"
+    assert [(f["path"], f["size_bytes"]) for f in result["files"]] == list(on_disk.items())
+    assert result["message"] == f"6 files in container '{shared.name}'"
 
 
-def test_listing_detects_format_from_leading_bytes(listed):
-    by_path = {f["path"]: f for f in listed[2]["result"]["files"]}
+def test_listing_detects_format_from_leading_bytes(api, wait_for_job, shared):
+    result = completed(api, wait_for_job, shared.job_ids["everything"])["result"]
 
+    by_path = {f["path"]: f for f in result["files"]}
     assert {path: f["detected_format"] for path, f in by_path.items()} == GENERATED_FORMATS
-    assert by_path["rasters/SCAN.TIF"]["extension"] == "tif"
+    assert (by_path["rasters/SCAN.TIF"]["extension"], by_path["tables/README"]["extension"]) == ("tif", "")
     assert by_path["rasters/small.tif"]["media_type"] == "image/tiff"
-    assert by_path["empty.dat"]["size_bytes"] == 0
 
 
-def test_listing_runs_one_list_task_and_one_metadata_task_per_file(api, listed):
-    _, folder, job = listed
+def test_listing_runs_one_list_task_and_one_metadata_task_per_file(api, wait_for_job, shared):
+    job = completed(api, wait_for_job, shared.job_ids["everything"])
 
     tasks = api.get(f"/api/jobs/{job['id']}/tasks").json()
 
-    assert tasks["total"] == 1 + len(files_on_disk(folder))
-    assert Counter(t["stage"] for t in tasks["items"]) == {"list": 1, "metadata": 5}
-    assert [t["task_key"] for t in tasks["items"] if t["stage"] == "metadata"] == [
-        f"file-{i}" for i in range(5)
-    ]
+    assert tasks["total"] == 1 + len(files_on_disk(shared.folder)) == 7
+    assert Counter(t["stage"] for t in tasks["items"]) == {"list": 1, "metadata": 6}
+    assert [t["task_key"] for t in tasks["items"]] == ["list"] + [f"file-{i}" for i in range(6)]
     assert {t["status"] for t in tasks["items"]} == {"completed"}
     assert job["stage_progress"]["metadata"] == {
-        "status": "completed", "total": 5, "completed": 5, "failed": 0, "retried": 0
+        "status": "completed", "total": 6, "completed": 6, "failed": 0, "retried": 0
     }  # fmt: skip
 
 
-def test_listing_detects_formats_of_corpus_files(api, corpus_container):
-    name, folder = corpus_container
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("rasters/", ["rasters/SCAN.TIF", "rasters/small.tif"]),
+        ("rasters/sm", ["rasters/small.tif"]),  # a string prefix, as in blob stores
+    ],
+)
+def test_listing_keeps_only_paths_under_the_prefix(api, wait_for_job, shared, prefix, expected):
+    result = completed(api, wait_for_job, shared.job_ids[f"prefix {prefix}"])["result"]
 
-    result = run_job(api, LIST, {"container_name": name, "prefix": "corpus/"})["result"]
-
-    expected = {target: fmt for target, fmt in CORPUS_FILES.values()}
-    assert {f["path"]: f["detected_format"] for f in result["files"]} == expected
-    assert {f["path"]: f["size_bytes"] for f in result["files"]} == {
-        path: size for path, size in files_on_disk(folder).items() if path.startswith("corpus/")
-    }
-
-
-def test_listing_keeps_only_paths_under_the_prefix(api, container):
-    name, folder = container
-    expected = {
-        "rasters/": ["rasters/SCAN.TIF", "rasters/small.tif"],
-        "rasters": ["rasters/SCAN.TIF", "rasters/small.tif"],
-        "rasters/sm": ["rasters/small.tif"],  # a string prefix, as in blob stores
-    }
-
-    jobs = run_jobs(api, LIST, [{"container_name": name, "prefix": prefix} for prefix in expected])
-
-    results = {job["result"]["prefix"]: job["result"] for job in jobs}
-    assert {prefix: [f["path"] for f in r["files"]] for prefix, r in results.items()} == expected
-    for prefix, paths in expected.items():
-        assert results[prefix]["total_bytes"] == sum((folder / path).stat().st_size for path in paths)
-        assert results[prefix]["message"] == f"{len(paths)} files in container '{name}' under '{prefix}'"
+    assert [f["path"] for f in result["files"]] == expected
+    assert result["prefix"] == prefix
+    assert result["total_bytes"] == sum((shared.folder / path).stat().st_size for path in expected)
+    assert result["message"] == f"{len(expected)} files in container '{shared.name}' under '{prefix}'"
 
 
-def test_listing_matches_extensions_case_insensitively_with_or_without_dot(api, container):
-    name, _ = container
-
-    job = run_job(api, LIST, {"container_name": name, "extensions": [".TIF", "csv"]})
+def test_listing_matches_extensions_case_insensitively_with_or_without_dot(api, wait_for_job, shared):
+    job = completed(api, wait_for_job, shared.job_ids["extensions"])  # submitted as [".TIF", "csv"]
 
     assert job["params"]["extensions"] == ["csv", "tif"]
     assert [f["path"] for f in job["result"]["files"]] == [
@@ -246,34 +222,47 @@ def test_listing_matches_extensions_case_insensitively_with_or_without_dot(api, 
     ]  # fmt: skip
     # Other spellings of the same extensions are the same job.
     for spelling in (["tif", ".CSV"], ["Csv", "TIF", ".tif"]):
-        again = api.post(f"/api/jobs/{LIST}", json={"container_name": name, "extensions": spelling})
+        again = api.post(f"/api/jobs/{LIST}", json={"container_name": shared.name, "extensions": spelling})
         assert again.status_code == 200, again.text
         assert (again.json()["job_id"], again.json()["idempotent"]) == (job["id"], True)
 
 
-def test_listing_limit_keeps_the_first_files_in_path_order(api, container):
-    name, folder = container
+def test_listing_limit_keeps_the_first_files_in_path_order(api, wait_for_job, shared):
+    job = completed(api, wait_for_job, shared.job_ids["limit"])  # limit=2
 
-    job = run_job(api, LIST, {"container_name": name, "limit": 2})
-
-    assert [f["path"] for f in job["result"]["files"]] == list(files_on_disk(folder))[:2]
+    assert [f["path"] for f in job["result"]["files"]] == list(files_on_disk(shared.folder))[:2]
     assert job["result"]["file_count"] == 2
     assert api.get(f"/api/jobs/{job['id']}/tasks").json()["total"] == 1 + 2
 
 
-def test_listing_with_no_matching_prefix_completes_and_skips_metadata(api, container):
-    name, _ = container
-
-    job = run_job(api, LIST, {"container_name": name, "prefix": "nothing/here/"})
+def test_listing_with_no_matching_prefix_completes_and_skips_metadata(api, wait_for_job, shared):
+    job = completed(api, wait_for_job, shared.job_ids["no match"])
 
     result = job["result"]
-    assert result["message"] == f"no files matched in container '{name}' under 'nothing/here/'"
+    assert result["message"] == f"no files matched in container '{shared.name}' under 'nothing/here/'"
     assert (result["file_count"], result["total_bytes"], result["files"]) == (0, 0, [])
     assert job["stage_progress"]["list"]["status"] == "completed"
     assert job["stage_progress"]["metadata"]["status"] == "skipped"
     assert job["error"] is None
     tasks = api.get(f"/api/jobs/{job['id']}/tasks").json()
     assert [(t["stage"], t["task_key"]) for t in tasks["items"]] == [("list", "list")]
+
+
+def test_listing_detects_formats_of_corpus_files(api, wait_for_job, new_container, corpus):
+    name, folder = new_container("corpus")
+    manifest = {entry["file"]: entry for entry in json.loads((corpus / "MANIFEST.json").read_text())["files"]}
+    for source, (target, _) in CORPUS_FILES.items():
+        assert source in manifest, f"{source} is not in the corpus MANIFEST"
+        (folder / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / source, folder / target)
+    fill_generated(folder)
+
+    result = run_job(api, wait_for_job, LIST, {"container_name": name, "prefix": "corpus/"})["result"]
+
+    assert {f["path"]: f["detected_format"] for f in result["files"]} == dict(CORPUS_FILES.values())
+    assert {f["path"]: f["size_bytes"] for f in result["files"]} == {
+        target: manifest[source]["bytes"] for source, (target, _) in CORPUS_FILES.items()
+    }
 
 
 @pytest.mark.parametrize("job_type", [LIST, SUMMARIZE])
@@ -293,11 +282,10 @@ def test_unknown_container_is_404_naming_it_and_creates_no_job(api, unique, job_
 
 @pytest.mark.parametrize("job_type", [LIST, SUMMARIZE])
 @pytest.mark.parametrize("prefix", ["..", "data/../../etc", "/etc"])
-def test_prefix_leaving_the_container_is_422_naming_the_field(api, listed, job_type, prefix):
-    name = listed[0]
+def test_prefix_leaving_the_container_is_422_naming_the_field(api, shared, job_type, prefix):
     before = job_total(api, job_type)
 
-    response = api.post(f"/api/jobs/{job_type}", json={"container_name": name, "prefix": prefix})
+    response = api.post(f"/api/jobs/{job_type}", json={"container_name": shared.name, "prefix": prefix})
 
     assert response.status_code == 422, response.text
     body = response.json()
@@ -321,58 +309,53 @@ def test_invalid_container_name_is_422_with_the_naming_rule(api, unique):
 # -- summarize_container ------------------------------------------------------------------------
 
 
-def expected_summary(on_disk: dict[str, int]) -> dict:
-    """The summary computed directly from the files on disk."""
-    by_extension: dict[str, dict[str, int]] = {}
-    by_folder: dict[str, dict[str, int]] = {}
+def expected_groups(on_disk: dict[str, int]) -> dict[str, dict[str, dict[str, int]]]:
+    """Files and bytes by extension and by folder, computed directly from the files on disk."""
+    groups: dict[str, dict[str, dict[str, int]]] = {"by_extension": {}, "by_folder": {}}
     for path, size in on_disk.items():
         folder, _, file_name = path.rpartition("/")
         ext = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
-        for groups, key in ((by_extension, ext), (by_folder, folder)):
-            totals = groups.setdefault(key, {"files": 0, "bytes": 0})
+        for group, key in (("by_extension", ext), ("by_folder", folder)):
+            totals = groups[group].setdefault(key, {"files": 0, "bytes": 0})
             totals["files"] += 1
             totals["bytes"] += size
-    return {"by_extension": by_extension, "by_folder": by_folder}
+    return groups
 
 
-def test_summary_counts_files_and_bytes_by_extension_and_folder(api, container):
-    name, folder = container
-    (folder / "tables/README").write_text("no extension\n")
-    on_disk = files_on_disk(folder)
+def test_summary_counts_files_and_bytes_by_extension_and_folder(api, wait_for_job, shared):
+    on_disk = files_on_disk(shared.folder)
 
-    result = run_job(api, SUMMARIZE, {"container_name": name})["result"]
+    result = completed(api, wait_for_job, shared.job_ids["summary"])["result"]
 
-    expected = expected_summary(on_disk)
-    assert result["file_count"] == len(on_disk) == 6
-    assert result["total_bytes"] == sum(on_disk.values())
+    expected = expected_groups(on_disk)
+    assert (result["file_count"], result["total_bytes"]) == (len(on_disk), sum(on_disk.values()))
     assert result["by_extension"] == expected["by_extension"]
-    assert set(result["by_extension"]) == {"geojson", "csv", "tif", "dat", ""}
-    assert result["by_extension"]["tif"]["files"] == 2
+    assert set(result["by_extension"]) == {"", "csv", "dat", "geojson", "tif"}
+    assert result["by_extension"]["tif"]["files"] == 2  # .tif and .TIF together
     assert result["by_folder"] == expected["by_folder"]
-    assert set(result["by_folder"]) == {"", "vectors", "tables", "rasters"}
-    assert result["message"] == f"6 files in container '{name}'"
+    assert set(result["by_folder"]) == {"", "rasters", "tables", "vectors"}
+    assert result["message"] == f"6 files in container '{shared.name}'"
 
 
-def test_summary_lists_the_ten_largest_files_biggest_first(api, new_container):
+def test_summary_lists_the_ten_largest_files_biggest_first(api, wait_for_job, new_container):
     name, folder = new_container("big")
     for i in range(12):
         write_text(folder / f"part-{i % 3}/file-{i:02d}.bin", "x" * (100 + 37 * ((i * 5) % 12)))
     on_disk = files_on_disk(folder)
 
-    result = run_job(api, SUMMARIZE, {"container_name": name})["result"]
+    result = run_job(api, wait_for_job, SUMMARIZE, {"container_name": name})["result"]
 
-    sizes = [entry["size_bytes"] for entry in result["largest"]]
-    assert sizes == sorted(sizes, reverse=True)
-    assert len(result["largest"]) == 10
     ten_largest = sorted(on_disk.items(), key=lambda item: (-item[1], item[0]))[:10]
     assert [(e["path"], e["size_bytes"]) for e in result["largest"]] == ten_largest
-    assert result["by_folder"] == expected_summary(on_disk)["by_folder"]
+    sizes = [e["size_bytes"] for e in result["largest"]]
+    assert sizes == sorted(sizes, reverse=True)
+    assert result["by_folder"] == expected_groups(on_disk)["by_folder"]
 
 
-def test_summary_of_an_empty_container_says_no_files_matched(api, new_container):
+def test_summary_of_an_empty_container_says_no_files_matched(api, wait_for_job, new_container):
     name, _ = new_container("empty")
 
-    job = run_job(api, SUMMARIZE, {"container_name": name})
+    job = run_job(api, wait_for_job, SUMMARIZE, {"container_name": name})
 
     result = job["result"]
     assert result["message"] == f"no files matched in container '{name}'"
@@ -384,7 +367,9 @@ def test_summary_of_an_empty_container_says_no_files_matched(api, new_container)
 # -- containers configured by URL ---------------------------------------------------------------
 
 
-def test_job_lists_a_container_configured_by_url(api, settings, pool, ray_cluster, tmp_path, unique):
+def test_job_lists_a_container_configured_by_url(
+    api, wait_for_job, settings, pool, ray_cluster, tmp_path, unique
+):
     folder = tmp_path / "configured"
     write_text(folder / "a/one.csv", POINTS_CSV)
     write_geotiff(folder / "b/two.tif", 8)
@@ -394,11 +379,12 @@ def test_job_lists_a_container_configured_by_url(api, settings, pool, ray_cluste
     configured = settings.model_copy(update={"containers": {name: folder.as_uri()}})
 
     done = submission.submit_job(LIST, {"container_name": name}, settings=configured, pool=pool)
-    job = wait_for_end(api, done.job.id)
+    job = completed(api, wait_for_job, done.job.id)
 
-    assert job["status"] == "completed", job["error"]
     assert job["result"]["container"] == name
-    assert {f["path"]: f["size_bytes"] for f in job["result"]["files"]} == files_on_disk(folder)
+    assert [(f["path"], f["size_bytes"]) for f in job["result"]["files"]] == list(
+        files_on_disk(folder).items()
+    )
     assert [f["detected_format"] for f in job["result"]["files"]] == ["text", "GeoTIFF/TIFF"]
     # The API's own settings do not know the container.
     unknown = api.post(f"/api/jobs/{LIST}", json={"container_name": name, "prefix": "a/"})
