@@ -29,10 +29,12 @@ TARGET_S = {1_000: 3.0, 10_000: 20.0}
 
 def audit_rows(pool, job_id: str) -> tuple[int, int]:
     with pool.connection() as conn:
-        tasks = conn.execute("SELECT count(*) AS n FROM rayetl.tasks WHERE job_id = %s", (job_id,)).fetchone()["n"]
-        events = conn.execute("SELECT count(*) AS n FROM rayetl.job_events WHERE job_id = %s", (job_id,)).fetchone()[
-            "n"
-        ]
+        tasks = conn.execute(
+            "SELECT count(*) AS n FROM rayetl.tasks WHERE job_id = %s", (job_id,)
+        ).fetchone()["n"]
+        events = conn.execute(
+            "SELECT count(*) AS n FROM rayetl.job_events WHERE job_id = %s", (job_id,)
+        ).fetchone()["n"]
     return tasks, events
 
 
@@ -41,15 +43,28 @@ def run(sizes: list[int]) -> None:
     root.chmod(0o755)
     database = DevDatabase(root / "postgres")
     try:
-        settings = Settings(home=root, database_url=SecretStr(database.start()), storage_root=root / "storage")
+        settings = Settings(
+            home=root, database_url=SecretStr(database.start()), storage_root=root / "storage"
+        )
         upgrade(settings)
         connect_ray(settings)
         pool = open_pool(settings)
         # Warm up: worker processes start on first use, which is not what we measure.
-        warm = submission.submit_job("hello_world", {"n": 20, "message": "warm-up"}, settings=settings, pool=pool)
+        warm = submission.submit_job(
+            "hello_world", {"n": 20, "message": "warm-up"}, settings=settings, pool=pool
+        )
         submission.wait_for_job(warm.job.id, pool=pool, timeout_s=120, poll_s=0.05)
 
-        print(f"{'n':>6} {'tasks':>7} {'wall s':>8} {'tasks/s':>9} {'task rows':>10} {'events':>7} {'target s':>9}")
+        header = (
+            ("n", 6),
+            ("tasks", 7),
+            ("wall s", 8),
+            ("tasks/s", 9),
+            ("task rows", 10),
+            ("events", 7),
+            ("target s", 9),
+        )
+        print(" ".join(f"{name:>{width}}" for name, width in header))
         for n in sizes:
             params = {"n": n, "message": f"bench {time.time_ns()}"}
             started = time.perf_counter()
@@ -73,7 +88,9 @@ def run(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000])
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     run(parser.parse_args().sizes)

@@ -104,7 +104,9 @@ def api(settings: Settings, ray_cluster: str) -> Iterator[httpx.Client]:
     serve.start(http_options={"host": "127.0.0.1", "port": settings.api_port})
     serve.run(RayetlApi.bind(settings), name="rayetl", route_prefix="/")
     secured = settings.model_copy(update={"api_token": SecretStr(API_TOKEN)})
-    serve.run(RayetlApi.options(name="rayetl-api-secured").bind(secured), name="secured", route_prefix="/secured")
+    serve.run(
+        RayetlApi.options(name="rayetl-api-secured").bind(secured), name="secured", route_prefix="/secured"
+    )
     with httpx.Client(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=60) as client:
         yield client
     serve.shutdown()

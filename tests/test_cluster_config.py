@@ -1,4 +1,4 @@
-"""cluster.yaml: valid for Ray's cluster launcher, and set up the way docs/cluster.md describes."""
+"""cluster.yaml: valid for Ray's cluster launcher, and set up as the README's Azure section describes."""
 
 import copy
 import json

@@ -62,7 +62,9 @@ def test_resubmitting_a_completed_job_returns_it_as_it_is(api, wait_for_job, uni
     assert body["status"] == "completed" and body["result"]["replies"] == 2
 
 
-def test_fifty_concurrent_identical_submissions_create_one_job_and_one_coordinator(api, pool, wait_for_job, unique):
+def test_fifty_concurrent_identical_submissions_create_one_job_and_one_coordinator(
+    api, pool, wait_for_job, unique
+):
     params = {"n": 20, "message": unique}
     with ThreadPoolExecutor(50) as executor:
         responses = list(executor.map(lambda _: api.post("/api/jobs/hello_world", json=params), range(50)))
@@ -117,9 +119,13 @@ def test_permanent_failure_fails_the_job_and_leaves_no_open_task(api, pool, wait
 
 
 def test_cancel_mid_job_stops_every_task(api, pool, wait_for_job, unique):
-    job_id = api.post("/api/jobs/hello_world", json={"n": 40, "message": unique, "sleep_s": 0.5}).json()["job_id"]
+    job_id = api.post("/api/jobs/hello_world", json={"n": 40, "message": unique, "sleep_s": 0.5}).json()[
+        "job_id"
+    ]
     wait_until(
-        lambda: api.get(f"/api/jobs/{job_id}").json()["stage_progress"].get("greet", {}).get("completed", 0) >= 2,
+        lambda: (
+            api.get(f"/api/jobs/{job_id}").json()["stage_progress"].get("greet", {}).get("completed", 0) >= 2
+        ),
         timeout_s=60,
         what="some greetings",
     )
@@ -165,7 +171,9 @@ def test_resubmitting_a_failed_job_starts_a_new_attempt_from_scratch(api, wait_f
 def test_job_list_filters_and_paginates(api, wait_for_job, unique):
     job_id = api.post("/api/jobs/hello_world", json={"n": 1, "message": unique}).json()["job_id"]
     wait_for_job(job_id)
-    page = api.get("/api/jobs", params={"status": "completed", "job_type": "hello_world", "limit": 500}).json()
+    page = api.get(
+        "/api/jobs", params={"status": "completed", "job_type": "hello_world", "limit": 500}
+    ).json()
     assert job_id in {j["id"] for j in page["items"]}
     assert all(j["status"] == "completed" and j["job_type"] == "hello_world" for j in page["items"])
     first = api.get("/api/jobs", params={"limit": 1}).json()

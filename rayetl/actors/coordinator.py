@@ -12,8 +12,8 @@ from pydantic import BaseModel
 
 from rayetl.actors import retry
 from rayetl.actors.audit_buffer import AuditBuffer, StaleAttempt
-from rayetl.actors.schedule import resume_index
-from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, task_id
+from rayetl.actors.schedule import check_plan, resume_index
+from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, resolve_handles, task_id
 from rayetl.errors import PermanentError
 from rayetl.models import JobRecord, JobStatus, StageProgress
 from rayetl.pipelines import get_job_type
@@ -115,19 +115,10 @@ class JobRunner:
 
     def _plan(self, stage: Stage, params: JobParams, outputs: dict[str, StageOutputs]) -> list[TaskSpec]:
         self.stage = stage.name
-        specs = list(stage.plan(params, outputs))
-        keys = [s.key for s in specs]
-        if len(set(keys)) != len(keys):
-            raise PermanentError(f"stage {stage.name!r} planned duplicate task keys; keys must be unique")
-        return specs
+        return check_plan(stage, list(stage.plan(params, outputs)))
 
     def _end_early(self, buffer: AuditBuffer, job_type: JobType, index: int, progress) -> None:
         stage = job_type.stages[index]
-        if not stage.empty_ok:
-            raise PermanentError(
-                f"stage {stage.name!r} planned no tasks, so the job would produce nothing; "
-                "check the parameters (e.g. the prefix, filters or input file)"
-            )
         for later in job_type.stages[index:]:
             progress[later.name] = StageProgress(status="skipped")
         buffer.event("stage_empty", stage=stage.name, message="nothing to do: the job ends here")
@@ -179,7 +170,7 @@ class JobRunner:
         buffer.event("stage_completed", stage=stage.name, tasks=len(specs), retried=stage_progress.retried)
         buffer.flush()
         ordered = {s.key: run.handles[s.key] for s in specs}
-        return StageOutputs(ordered, summaries=run.summaries, resolve=ray.get)
+        return StageOutputs(ordered, summaries=run.summaries, resolve=resolve_handles)
 
     def _finish(self, pool, buffer, status: JobStatus, *, result, error, progress) -> None:
         """Write the end of the job, retrying while the database is unreachable."""
@@ -238,36 +229,38 @@ def _lost_outputs(stage: Stage):
     return resolve
 
 
-@ray.remote(num_cpus=0, concurrency_groups={"control": 2})
+@ray.remote(num_cpus=0, max_concurrency=4)
 class JobCoordinator:
-    """One per job attempt. __init__ queues run() on itself, so a restarted coordinator resumes."""
+    """One per job attempt: runs the job in a thread started by __init__, so a restart resumes it.
+
+    (Queueing run() on the actor's own handle from __init__ instead was lost after a restart.)
+    """
 
     def __init__(self, job_id: str, settings: Settings):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._cancel = threading.Event()
         self._runner = JobRunner(job_id, settings, self._cancel)
-        self._running = True
-        # run() goes through the actor's own queue instead of a thread of ours: Ray submits tasks
-        # several times faster from an actor method than from a thread started here.
-        ray.get_runtime_context().current_actor.run.remote()
+        self._thread = threading.Thread(target=self._run_then_exit, name=f"job-{job_id[:12]}", daemon=True)
+        self._thread.start()
 
-    def run(self) -> None:
-        """Run the job to its end, then exit: a finished coordinator holds nothing worth keeping."""
+    def _run_then_exit(self) -> None:
         try:
             self._runner.run()
         except Exception:
             # The janitor finds a job whose coordinator is gone; log here for the operator.
             logger.exception("coordinator crashed")
         finally:
-            self._running = False
-        ray.actor.exit_actor()
+            # A finished coordinator holds nothing worth keeping; free its name and process.
+            ray.kill(ray.get_runtime_context().current_actor)
 
-    @ray.method(concurrency_group="control")
     def cancel(self) -> None:
         """Ask the job to stop: in-flight tasks are cancelled and the job ends cancelled."""
         self._cancel.set()
 
-    @ray.method(concurrency_group="control")
     def ping(self) -> dict[str, Any]:
         """Proof of life for the janitor, with what the coordinator is doing."""
-        return {"attempt": self._runner.attempt, "stage": self._runner.stage, "running": self._running}
+        return {
+            "attempt": self._runner.attempt,
+            "stage": self._runner.stage,
+            "running": self._thread.is_alive(),
+        }

@@ -5,10 +5,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rayetl.errors import PermanentError
 from rayetl.models import StageProgress
-from rayetl.pipelines.contract import Stage
+from rayetl.pipelines.contract import Stage, TaskSpec
 
-__all__ = ["RetryQueue", "resume_index"]
+__all__ = ["RetryQueue", "check_plan", "resume_index"]
 
 
 def resume_index(stages: Sequence[Stage], progress: Mapping[str, StageProgress]) -> int:
@@ -29,6 +30,22 @@ def resume_index(stages: Sequence[Stage], progress: Mapping[str, StageProgress])
     while index > 0 and not stages[index - 1].durable:
         index -= 1
     return index
+
+
+def check_plan(stage: Stage, specs: list[TaskSpec]) -> list[TaskSpec]:
+    """The plan, if it can run: unique keys, and no tasks only where the stage allows it.
+
+    An empty plan of an empty_ok stage is returned as is: the job then ends early as a success.
+    """
+    keys = [spec.key for spec in specs]
+    if len(set(keys)) != len(keys):
+        raise PermanentError(f"stage {stage.name!r} planned duplicate task keys; keys must be unique")
+    if not specs and not stage.empty_ok:
+        raise PermanentError(
+            f"stage {stage.name!r} planned no tasks, so the job would produce nothing; "
+            "check the parameters (e.g. the prefix, filters or input file)"
+        )
+    return specs
 
 
 class RetryQueue:

@@ -21,7 +21,7 @@ from rayetl.pipelines.contract import Stage, TaskContext, TaskSpec
 from rayetl.settings import Settings
 from rayetl.store.audit import TaskUpdate
 
-__all__ = ["JobCancelled", "StageFailed", "StageRun", "task_id"]
+__all__ = ["JobCancelled", "StageFailed", "StageRun", "resolve_handles", "task_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ class _Launched:
     spec: TaskSpec
     attempt: int
     data_ref: Any
+
+
+def resolve_handles(handles: list[Any]) -> list[Any]:
+    """Values behind stage outputs: ObjectRefs are fetched (in one call), plain values pass."""
+    refs = [h for h in handles if isinstance(h, ray.ObjectRef)]
+    fetched = iter(ray.get(refs))
+    return [next(fetched) if isinstance(h, ray.ObjectRef) else h for h in handles]
 
 
 def _utc(ts: float) -> datetime:

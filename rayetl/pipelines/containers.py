@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
+from rayetl.errors import InvalidRequest
 from rayetl.pipelines.contract import JobParams, StageOutputs, TaskSpec, current_task
 from rayetl.settings import Settings
-from rayetl.store.objects import open_container
+from rayetl.store.objects import normalize_path, open_container
 
 __all__ = [
     "ContainerListingParams",
@@ -19,16 +20,16 @@ __all__ = [
 ]
 
 
-def _check_prefix(value: str) -> str:
-    parts = value.replace("\\", "/").split("/")
-    if value.startswith(("/", "\\")) or ".." in parts or "\x00" in value:
-        raise ValueError(
-            f"prefix {value!r} leaves the container: use a path relative to the container, without '..'"
-        )
+def _check_path(value: str) -> str:
+    try:
+        normalize_path(value)
+    except InvalidRequest as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
-ContainerPrefix = Annotated[str, AfterValidator(_check_prefix)]
+# A path inside a container: checked at submission with the same rule the storage layer applies.
+ContainerPrefix = Annotated[str, AfterValidator(_check_path)]
 
 
 class ContainerListingParams(JobParams):

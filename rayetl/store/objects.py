@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from rayetl.errors import InvalidRequest, NotFound
 from rayetl.settings import Settings
 
-__all__ = ["Container", "ObjectInfo", "list_containers", "open_container"]
+__all__ = ["Container", "ObjectInfo", "list_containers", "normalize_path", "open_container"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,26 +162,8 @@ class Container:
 
     def _relative(self, path: str) -> str:
         """`path` normalised ('a//./b' → 'a/b') once it is known to stay in the container."""
+        rel = normalize_path(path, container=self.name)
         where = f"path {path!r} in container {self.name!r}"
-        if "\x00" in path:
-            raise InvalidRequest(f"{where} contains a NUL byte: remove it")
-        if "\\" in path:
-            raise InvalidRequest(f"{where} contains a backslash: separate folders with '/'")
-        if "://" in path:
-            raise InvalidRequest(
-                f"{where} is a URL: use a path relative to the container, e.g. 'folder/file.csv'"
-            )
-        if path.startswith("/"):
-            raise InvalidRequest(
-                f"{where} is absolute: use a path relative to the container, e.g. {path.lstrip('/')!r}"
-            )
-        parts = [part for part in path.split("/") if part not in ("", ".")]
-        if ".." in parts:
-            raise InvalidRequest(
-                f"path {path!r} leaves container {self.name!r}: "
-                "use a path relative to the container, without '..'"
-            )
-        rel = "/".join(parts)
         if self._real_root is not None and not self._is_inside(self._join(rel)):
             raise InvalidRequest(
                 f"{where} goes through a symbolic link that points outside the container: "
@@ -251,6 +233,30 @@ class Container:
                 f"file {path!r} not found in container {self.name!r}: "
                 "check the path, or upload the file first (`rayetl storage put`)"
             ) from exc
+
+
+def normalize_path(path: str, *, container: str | None = None) -> str:
+    """A container-relative path, normalised ('a//./b' → 'a/b'); InvalidRequest if it could escape."""
+    where = f"path {path!r}" + (f" in container {container!r}" if container else "")
+    if "\x00" in path:
+        raise InvalidRequest(f"{where} contains a NUL byte: remove it")
+    if "\\" in path:
+        raise InvalidRequest(f"{where} contains a backslash: separate folders with '/'")
+    if "://" in path:
+        raise InvalidRequest(
+            f"{where} is a URL: use a path relative to the container, e.g. 'folder/file.csv'"
+        )
+    if path.startswith("/"):
+        raise InvalidRequest(
+            f"{where} is absolute: use a path relative to the container, e.g. {path.lstrip('/')!r}"
+        )
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        leaves = f"container {container!r}" if container else "its container"
+        raise InvalidRequest(
+            f"path {path!r} leaves {leaves}: use a path relative to the container, without '..'"
+        )
+    return "/".join(parts)
 
 
 def open_container(settings: Settings, name: str, *, create: bool = False) -> Container:

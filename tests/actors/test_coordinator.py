@@ -81,7 +81,9 @@ def test_janitor_fails_a_job_whose_coordinator_keeps_dying(api, pool, settings, 
     params = {"n": 10, "message": unique, "sleep_s": 0.5}
     job_id = _start_and_reach_reply_stage(api, pool, params)
     with pool.connection() as conn:  # as if it had been resumed too often already
-        conn.execute("UPDATE rayetl.jobs SET resumes = %s WHERE id = %s", (settings.janitor_max_resumes, job_id))
+        conn.execute(
+            "UPDATE rayetl.jobs SET resumes = %s WHERE id = %s", (settings.janitor_max_resumes, job_id)
+        )
     ray.kill(_coordinator(settings, job_id))
 
     job = wait_for_job(job_id, timeout_s=60)

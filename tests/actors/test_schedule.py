@@ -7,10 +7,10 @@ import pytest
 import ray.exceptions
 
 from rayetl.actors.retry import backoff_s, classify, describe
-from rayetl.actors.schedule import RetryQueue, resume_index
+from rayetl.actors.schedule import RetryQueue, check_plan, resume_index
 from rayetl.errors import PermanentError, TransientError
 from rayetl.models import StageProgress
-from rayetl.pipelines.contract import Stage
+from rayetl.pipelines.contract import Stage, TaskSpec
 
 
 def _stages(*durable: bool) -> tuple[Stage, ...]:
@@ -68,7 +68,9 @@ def test_errors_are_classified_by_type(exc, attempt, retry, kind):
 
 
 def test_describe_keeps_the_task_message_without_traceback():
-    assert describe(PermanentError("roads.csv: column 'lat' not found")) == "roads.csv: column 'lat' not found"
+    assert (
+        describe(PermanentError("roads.csv: column 'lat' not found")) == "roads.csv: column 'lat' not found"
+    )
     assert describe(KeyError("lat")) == "KeyError: 'lat'"
 
 
@@ -76,3 +78,16 @@ def test_backoff_grows_exponentially_up_to_the_cap():
     delays = [backoff_s(a, base_s=1.0, max_s=5.0) for a in (1, 2, 3, 4, 5)]
     assert 0.8 <= delays[0] <= 1.0 and 1.6 <= delays[1] <= 2.0 and 3.2 <= delays[2] <= 4.0
     assert all(d <= 5.0 for d in delays)
+
+
+def test_an_empty_plan_fails_the_job_unless_the_stage_allows_it():
+    with pytest.raises(
+        PermanentError, match="stage 'load' planned no tasks, so the job would produce nothing"
+    ):
+        check_plan(Stage("load"), [])
+    assert check_plan(Stage("load", empty_ok=True), []) == []
+
+
+def test_a_plan_with_duplicate_keys_is_refused():
+    with pytest.raises(PermanentError, match="duplicate task keys"):
+        check_plan(Stage("load"), [TaskSpec("a"), TaskSpec("a")])

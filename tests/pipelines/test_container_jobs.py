@@ -5,15 +5,16 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from conftest import CORPUS, wait_until
 from rasterio.transform import from_origin
 
 from rayetl.actors import submission
+from rayetl.store import audit
 
 LIST = "list_container_contents"
 SUMMARIZE = "summarize_container"
@@ -25,6 +26,7 @@ THREE_POINTS = """{"type": "FeatureCollection", "features": [
 ]}
 """
 POINTS_CSV = "id,name,latitude,longitude\n1,a,0.0,0.0\n2,b,1.0,1.0\n3,c,2.0,2.0\n"
+BLOB_SIZES = [300, 120, 950, 40, 610, 75]
 
 # The generated files, and the format detect_format names from their first bytes.
 GENERATED_FORMATS = {
@@ -34,21 +36,12 @@ GENERATED_FORMATS = {
     "tables/README": "text",
     "tables/points.csv": "text",
     "vectors/three.geojson": "JSON",
-}
-# Corpus file → (path in the container, detected format).
+} | {f"blobs/blob-{i}.bin": "binary" for i in range(len(BLOB_SIZES))}
+# Corpus file → (its path in a container, the format detected).
 CORPUS_FILES = {
     "vector/rmnp.geojson": ("corpus/rmnp.geojson", "JSON"),
     "raster/byte.tif": ("corpus/byte.tif", "GeoTIFF/TIFF"),
     "vector/test_gpkg_nulls.gpkg": ("corpus/test_gpkg_nulls.gpkg", "SQLite/GeoPackage"),
-}
-# The listings of the shared container, submitted together so that they run side by side.
-SHARED_LISTINGS = {
-    "everything": {},
-    "prefix rasters/": {"prefix": "rasters/"},
-    "prefix rasters/sm": {"prefix": "rasters/sm"},
-    "extensions": {"extensions": [".TIF", "csv"]},
-    "limit": {"limit": 2},
-    "no match": {"prefix": "nothing/here/"},
 }
 
 
@@ -69,23 +62,37 @@ def write_geotiff(path: Path, size: int) -> None:
         dst.write(data)
 
 
-def write_text(path: Path, text: str) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_bytes(data)
 
 
 def fill_generated(folder: Path) -> None:
     """The files of GENERATED_FORMATS: small, in sub-folders, and one empty file at the root."""
-    write_text(folder / "vectors/three.geojson", THREE_POINTS)
-    write_text(folder / "tables/points.csv", POINTS_CSV)
-    write_text(folder / "tables/README", "a file without an extension\n")
+    write_bytes(folder / "vectors/three.geojson", THREE_POINTS.encode())
+    write_bytes(folder / "tables/points.csv", POINTS_CSV.encode())
+    write_bytes(folder / "tables/README", b"a file without an extension\n")
     write_geotiff(folder / "rasters/small.tif", 64)
     write_geotiff(folder / "rasters/SCAN.TIF", 16)
     (folder / "empty.dat").touch()
+    for i, size in enumerate(BLOB_SIZES):  # not UTF-8, and more files than `largest` keeps
+        write_bytes(folder / f"blobs/blob-{i}.bin", bytes([0xFF - i]) * size)
+
+
+def copy_corpus_files(corpus: Path, folder: Path) -> dict[str, int]:
+    """Copy CORPUS_FILES into folder; returns their sizes according to the corpus MANIFEST."""
+    manifest = {entry["file"]: entry for entry in json.loads((corpus / "MANIFEST.json").read_text())["files"]}
+    sizes = {}
+    for source, (target, _) in CORPUS_FILES.items():
+        assert source in manifest, f"{source} is not in the corpus MANIFEST"
+        (folder / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / source, folder / target)
+        sizes[target] = manifest[source]["bytes"]
+    return sizes
 
 
 def files_on_disk(root: Path) -> dict[str, int]:
-    """Relative path → size of every file under root, sorted: what the jobs must report."""
+    """Relative path → size of every file under root, sorted by path: what the jobs must report."""
     found = {}
     for folder, _, names in os.walk(root):
         for name in names:
@@ -135,65 +142,80 @@ def new_container(settings, unique):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class SharedContainer:
-    """A container of generated files that no test changes, and the jobs submitted on it."""
-
-    name: str
-    folder: Path
-    job_ids: dict[str, str]
-
-
 @pytest.fixture(scope="module")
-def shared(api, settings) -> SharedContainer:
-    # One container read by many jobs: submitting them together keeps the file well under a minute.
+def shared(settings) -> tuple[str, Path]:
+    """A container that no test changes: the generated files, plus corpus files when present.
+
+    Each job costs a few seconds of worker start-up on a small machine, so the tests that only
+    read a container share this one instead of filling their own.
+    """
     name = f"shared-{time.time_ns()}"
     folder = settings.local_storage_root / name
     fill_generated(folder)
-    job_ids = {
-        label: submit(api, LIST, {"container_name": name, **params})
-        for label, params in SHARED_LISTINGS.items()
-    }
-    job_ids["summary"] = submit(api, SUMMARIZE, {"container_name": name})
-    yield SharedContainer(name, folder, job_ids)
+    if CORPUS.is_dir():
+        copy_corpus_files(CORPUS, folder)
+    yield name, folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def listing(api, pool, shared) -> dict:
+    """One listing of the whole shared container, read by several tests."""
+    job_id = submit(api, LIST, {"container_name": shared[0]})
+
+    def ended():
+        with pool.connection() as conn:
+            return audit.get_job(conn, job_id).status.is_terminal
+
+    wait_until(ended, timeout_s=60, what=f"job {job_id[:12]} to end")
+    job = api.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "completed", job["error"]
+    return job
 
 
 # -- list_container_contents --------------------------------------------------------------------
 
 
-def test_listing_reports_every_file_with_its_size(api, wait_for_job, shared):
-    on_disk = files_on_disk(shared.folder)
+def test_listing_reports_every_file_with_its_size(shared, listing):
+    name, folder = shared
+    on_disk = files_on_disk(folder)
 
-    result = completed(api, wait_for_job, shared.job_ids["everything"])["result"]
+    result = listing["result"]
 
-    assert result["container"] == shared.name
-    assert result["file_count"] == len(on_disk) == 6
+    assert result["container"] == name
+    assert result["file_count"] == len(on_disk)
     assert result["total_bytes"] == sum(on_disk.values())
     assert [(f["path"], f["size_bytes"]) for f in result["files"]] == list(on_disk.items())
-    assert result["message"] == f"6 files in container '{shared.name}'"
+    assert result["message"] == f"{len(on_disk)} files in container '{name}'"
 
 
-def test_listing_detects_format_from_leading_bytes(api, wait_for_job, shared):
-    result = completed(api, wait_for_job, shared.job_ids["everything"])["result"]
+def test_listing_detects_format_from_leading_bytes(listing):
+    by_path = {f["path"]: f for f in listing["result"]["files"]}
 
-    by_path = {f["path"]: f for f in result["files"]}
-    assert {path: f["detected_format"] for path, f in by_path.items()} == GENERATED_FORMATS
+    assert {path: by_path[path]["detected_format"] for path in GENERATED_FORMATS} == GENERATED_FORMATS
     assert (by_path["rasters/SCAN.TIF"]["extension"], by_path["tables/README"]["extension"]) == ("tif", "")
     assert by_path["rasters/small.tif"]["media_type"] == "image/tiff"
 
 
-def test_listing_runs_one_list_task_and_one_metadata_task_per_file(api, wait_for_job, shared):
-    job = completed(api, wait_for_job, shared.job_ids["everything"])
+def test_listing_detects_formats_of_corpus_files(listing, corpus):
+    by_path = {f["path"]: f for f in listing["result"]["files"]}
 
-    tasks = api.get(f"/api/jobs/{job['id']}/tasks").json()
+    for source, (target, detected_format) in CORPUS_FILES.items():
+        assert by_path[target]["detected_format"] == detected_format, source
+        assert by_path[target]["size_bytes"] == (corpus / source).stat().st_size, source
 
-    assert tasks["total"] == 1 + len(files_on_disk(shared.folder)) == 7
-    assert Counter(t["stage"] for t in tasks["items"]) == {"list": 1, "metadata": 6}
-    assert [t["task_key"] for t in tasks["items"]] == ["list"] + [f"file-{i}" for i in range(6)]
+
+def test_listing_runs_one_list_task_and_one_metadata_task_per_file(api, shared, listing):
+    file_count = len(files_on_disk(shared[1]))
+
+    tasks = api.get(f"/api/jobs/{listing['id']}/tasks").json()
+
+    assert tasks["total"] == 1 + file_count
+    assert Counter(t["stage"] for t in tasks["items"]) == {"list": 1, "metadata": file_count}
+    assert [t["task_key"] for t in tasks["items"]] == ["list"] + [f"file-{i}" for i in range(file_count)]
     assert {t["status"] for t in tasks["items"]} == {"completed"}
-    assert job["stage_progress"]["metadata"] == {
-        "status": "completed", "total": 6, "completed": 6, "failed": 0, "retried": 0
+    assert listing["stage_progress"]["metadata"] == {
+        "status": "completed", "total": file_count, "completed": file_count, "failed": 0, "retried": 0
     }  # fmt: skip
 
 
@@ -205,64 +227,56 @@ def test_listing_runs_one_list_task_and_one_metadata_task_per_file(api, wait_for
     ],
 )
 def test_listing_keeps_only_paths_under_the_prefix(api, wait_for_job, shared, prefix, expected):
-    result = completed(api, wait_for_job, shared.job_ids[f"prefix {prefix}"])["result"]
+    name, folder = shared
+
+    result = run_job(api, wait_for_job, LIST, {"container_name": name, "prefix": prefix})["result"]
 
     assert [f["path"] for f in result["files"]] == expected
     assert result["prefix"] == prefix
-    assert result["total_bytes"] == sum((shared.folder / path).stat().st_size for path in expected)
-    assert result["message"] == f"{len(expected)} files in container '{shared.name}' under '{prefix}'"
+    assert result["total_bytes"] == sum((folder / path).stat().st_size for path in expected)
+    assert result["message"] == f"{len(expected)} files in container '{name}' under '{prefix}'"
 
 
 def test_listing_matches_extensions_case_insensitively_with_or_without_dot(api, wait_for_job, shared):
-    job = completed(api, wait_for_job, shared.job_ids["extensions"])  # submitted as [".TIF", "csv"]
+    name, _ = shared
+
+    job = run_job(api, wait_for_job, LIST, {"container_name": name, "extensions": [".TIF", "csv"]})
 
     assert job["params"]["extensions"] == ["csv", "tif"]
-    assert [f["path"] for f in job["result"]["files"]] == [
+    paths = [f["path"] for f in job["result"]["files"]]
+    assert [p for p in paths if not p.startswith("corpus/")] == [
         "rasters/SCAN.TIF", "rasters/small.tif", "tables/points.csv"
     ]  # fmt: skip
     # Other spellings of the same extensions are the same job.
     for spelling in (["tif", ".CSV"], ["Csv", "TIF", ".tif"]):
-        again = api.post(f"/api/jobs/{LIST}", json={"container_name": shared.name, "extensions": spelling})
+        again = api.post(f"/api/jobs/{LIST}", json={"container_name": name, "extensions": spelling})
         assert again.status_code == 200, again.text
         assert (again.json()["job_id"], again.json()["idempotent"]) == (job["id"], True)
 
 
 def test_listing_limit_keeps_the_first_files_in_path_order(api, wait_for_job, shared):
-    job = completed(api, wait_for_job, shared.job_ids["limit"])  # limit=2
+    name, folder = shared
 
-    assert [f["path"] for f in job["result"]["files"]] == list(files_on_disk(shared.folder))[:2]
+    job = run_job(api, wait_for_job, LIST, {"container_name": name, "limit": 2})
+
+    assert [f["path"] for f in job["result"]["files"]] == list(files_on_disk(folder))[:2]
     assert job["result"]["file_count"] == 2
     assert api.get(f"/api/jobs/{job['id']}/tasks").json()["total"] == 1 + 2
 
 
 def test_listing_with_no_matching_prefix_completes_and_skips_metadata(api, wait_for_job, shared):
-    job = completed(api, wait_for_job, shared.job_ids["no match"])
+    name, _ = shared
+
+    job = run_job(api, wait_for_job, LIST, {"container_name": name, "prefix": "nothing/here/"})
 
     result = job["result"]
-    assert result["message"] == f"no files matched in container '{shared.name}' under 'nothing/here/'"
+    assert result["message"] == f"no files matched in container '{name}' under 'nothing/here/'"
     assert (result["file_count"], result["total_bytes"], result["files"]) == (0, 0, [])
     assert job["stage_progress"]["list"]["status"] == "completed"
     assert job["stage_progress"]["metadata"]["status"] == "skipped"
     assert job["error"] is None
     tasks = api.get(f"/api/jobs/{job['id']}/tasks").json()
     assert [(t["stage"], t["task_key"]) for t in tasks["items"]] == [("list", "list")]
-
-
-def test_listing_detects_formats_of_corpus_files(api, wait_for_job, new_container, corpus):
-    name, folder = new_container("corpus")
-    manifest = {entry["file"]: entry for entry in json.loads((corpus / "MANIFEST.json").read_text())["files"]}
-    for source, (target, _) in CORPUS_FILES.items():
-        assert source in manifest, f"{source} is not in the corpus MANIFEST"
-        (folder / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(corpus / source, folder / target)
-    fill_generated(folder)
-
-    result = run_job(api, wait_for_job, LIST, {"container_name": name, "prefix": "corpus/"})["result"]
-
-    assert {f["path"]: f["detected_format"] for f in result["files"]} == dict(CORPUS_FILES.values())
-    assert {f["path"]: f["size_bytes"] for f in result["files"]} == {
-        target: manifest[source]["bytes"] for source, (target, _) in CORPUS_FILES.items()
-    }
 
 
 @pytest.mark.parametrize("job_type", [LIST, SUMMARIZE])
@@ -285,13 +299,14 @@ def test_unknown_container_is_404_naming_it_and_creates_no_job(api, unique, job_
 def test_prefix_leaving_the_container_is_422_naming_the_field(api, shared, job_type, prefix):
     before = job_total(api, job_type)
 
-    response = api.post(f"/api/jobs/{job_type}", json={"container_name": shared.name, "prefix": prefix})
+    response = api.post(f"/api/jobs/{job_type}", json={"container_name": shared[0], "prefix": prefix})
 
     assert response.status_code == 422, response.text
     body = response.json()
     assert [f["field"] for f in body["fields"]] == ["prefix"]
-    assert f"prefix: Value error, prefix {prefix!r} leaves the container" in body["message"]
-    assert "without '..'" in body["message"]
+    assert f"invalid parameters for {job_type}: prefix: " in body["message"]
+    assert repr(prefix) in body["fields"][0]["message"]
+    assert "use a path relative to the container" in body["message"]
     assert job_total(api, job_type) == before
 
 
@@ -322,34 +337,23 @@ def expected_groups(on_disk: dict[str, int]) -> dict[str, dict[str, dict[str, in
     return groups
 
 
-def test_summary_counts_files_and_bytes_by_extension_and_folder(api, wait_for_job, shared):
-    on_disk = files_on_disk(shared.folder)
-
-    result = completed(api, wait_for_job, shared.job_ids["summary"])["result"]
-
-    expected = expected_groups(on_disk)
-    assert (result["file_count"], result["total_bytes"]) == (len(on_disk), sum(on_disk.values()))
-    assert result["by_extension"] == expected["by_extension"]
-    assert set(result["by_extension"]) == {"", "csv", "dat", "geojson", "tif"}
-    assert result["by_extension"]["tif"]["files"] == 2  # .tif and .TIF together
-    assert result["by_folder"] == expected["by_folder"]
-    assert set(result["by_folder"]) == {"", "rasters", "tables", "vectors"}
-    assert result["message"] == f"6 files in container '{shared.name}'"
-
-
-def test_summary_lists_the_ten_largest_files_biggest_first(api, wait_for_job, new_container):
-    name, folder = new_container("big")
-    for i in range(12):
-        write_text(folder / f"part-{i % 3}/file-{i:02d}.bin", "x" * (100 + 37 * ((i * 5) % 12)))
+def test_summary_counts_by_extension_and_folder_and_lists_the_largest(api, wait_for_job, shared):
+    name, folder = shared
     on_disk = files_on_disk(folder)
 
     result = run_job(api, wait_for_job, SUMMARIZE, {"container_name": name})["result"]
 
+    assert (result["file_count"], result["total_bytes"]) == (len(on_disk), sum(on_disk.values()))
+    expected = expected_groups(on_disk)
+    assert result["by_extension"] == expected["by_extension"]
+    assert {"", "bin", "csv", "dat", "geojson", "tif"} <= set(result["by_extension"])
+    assert result["by_extension"]["bin"] == {"files": len(BLOB_SIZES), "bytes": sum(BLOB_SIZES)}
+    assert result["by_folder"] == expected["by_folder"]
+    assert {"", "blobs", "rasters", "tables", "vectors"} <= set(result["by_folder"])
+    # The ten largest files, biggest first (ties by path).
     ten_largest = sorted(on_disk.items(), key=lambda item: (-item[1], item[0]))[:10]
     assert [(e["path"], e["size_bytes"]) for e in result["largest"]] == ten_largest
-    sizes = [e["size_bytes"] for e in result["largest"]]
-    assert sizes == sorted(sizes, reverse=True)
-    assert result["by_folder"] == expected_groups(on_disk)["by_folder"]
+    assert result["message"] == f"{len(on_disk)} files in container '{name}'"
 
 
 def test_summary_of_an_empty_container_says_no_files_matched(api, wait_for_job, new_container):
@@ -368,10 +372,10 @@ def test_summary_of_an_empty_container_says_no_files_matched(api, wait_for_job, 
 
 
 def test_job_lists_a_container_configured_by_url(
-    api, wait_for_job, settings, pool, ray_cluster, tmp_path, unique
+    api, settings, pool, ray_cluster, wait_for_job, tmp_path, unique
 ):
     folder = tmp_path / "configured"
-    write_text(folder / "a/one.csv", POINTS_CSV)
+    write_bytes(folder / "a/one.csv", POINTS_CSV.encode())
     write_geotiff(folder / "b/two.tif", 8)
     name = f"configured-{unique}"
     # The settings travel with the job to its coordinator and tasks, so this container needs no

@@ -26,7 +26,9 @@ def _finalize(params, outputs):
 
 
 def _job(**overrides) -> JobType:
-    fields = dict(name="sample", params=_Params, stages=(Stage("one", plan=_plan, run=_run),), finalize=_finalize)
+    fields = dict(
+        name="sample", params=_Params, stages=(Stage("one", plan=_plan, run=_run),), finalize=_finalize
+    )
     fields.update(overrides)
     return JobType(**fields)
 

@@ -153,9 +153,7 @@ def test_list_of_empty_container_is_empty(container):
     ],
     ids=["info", "read_bytes", "open", "delete", "move", "get_file"],
 )
-def test_missing_file_raises_not_found_naming_container_and_path(
-    container, call, tmp_path, monkeypatch
-):
+def test_missing_file_raises_not_found_naming_container_and_path(container, call, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # get_file's local target must not land in the repository
     with pytest.raises(NotFound, match="file 'missing/file.csv' not found in container 'bronze'"):
         call(container)
