@@ -21,7 +21,8 @@ demo: install
 	$(BIN)/rayetl submit hello_world -p n=1000 -p message="hello from the rayetl demo" --wait
 	@echo
 	@echo "The stack keeps running: explore the API docs and the Ray dashboard above."
-	@echo "Follow-up: $(BIN)/rayetl jobs   |   stop everything: $(BIN)/rayetl down"
+	@echo "Follow-up: $(BIN)/rayetl jobs   |   the job's tasks: $(BIN)/rayetl tasks <job id>"
+	@echo "Stop everything: $(BIN)/rayetl down"
 
 test: install
 	$(BIN)/python -m pytest

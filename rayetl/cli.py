@@ -159,10 +159,11 @@ def storage_put(
     target: Annotated[str, typer.Argument(help="CONTAINER/PATH")],
 ) -> None:
     """Copy a local file into a container (a local container is created if missing)."""
-    from rayetl.store.objects import open_container
+    from rayetl.store.objects import normalize_path, open_container
 
     name, path = _split_target(target)
-    info = open_container(Settings(), name, create=True).put_file(local, path or local.name)
+    path = normalize_path(path or local.name, container=name)  # refuse a bad path before creating anything
+    info = open_container(Settings(), name, create=True).put_file(local, path)
     console.print(f"{name}/{info.path} ({info.size_bytes} bytes)")
 
 

@@ -1,5 +1,6 @@
 """The local stack behind `rayetl up` / `down`: private PostGIS, a Ray head, the Serve app."""
 
+import contextlib
 import json
 import logging
 import os
@@ -86,7 +87,8 @@ def _start_ray_head(settings: Settings) -> tuple[int, str]:
     log = open(settings.home / "ray-head.log", "ab")  # noqa: SIM115 - handed to the child process
     ray_cli = Path(sys.executable).with_name("ray")
     # The local stack is private to this machine: no token auth (see README, "Ray and auth").
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # A one-node cluster has nowhere to drain to: don't let shutdown wait Ray's default 30 s.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
     process = subprocess.Popen(
         [
             str(ray_cli), "start", "--head", "--block", f"--port={port}",
@@ -119,6 +121,8 @@ def _deploy_api(settings: Settings, address: str) -> None:
     from rayetl.actors.janitor import ensure_janitor
     from rayetl.serve_app import RayetlApi
 
+    # Serve's progress lines would bury the URLs that `up` prints.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     ray.init(
         address=address, namespace=settings.ray_namespace, logging_level=logging.WARNING, log_to_driver=False
     )
@@ -156,18 +160,43 @@ def up(settings: Settings) -> StackInfo:
     )
 
 
+def _wait_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _is_group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _is_group_alive(pgid)
+
+
+def _stop_ray_head(state: dict) -> None:
+    """Stop the head `up` started: SIGTERM to `ray start` lets it shut its node down cleanly."""
+    pid = state["ray_pid"]
+    os.kill(pid, signal.SIGTERM)
+    if _wait_gone(pid, 20):
+        return
+    logger.warning("Ray head %s did not stop within 20 s; killing its process group", pid)
+    os.killpg(pid, signal.SIGKILL)
+    if not _wait_gone(pid, 10):
+        raise RayetlError(f"could not stop the Ray head (process group {pid}); stop it with `kill -9 -{pid}`")
+
+
+def _forget_ray_cluster(address: str) -> None:
+    """Remove Ray's record of the stopped cluster, or a later ray.init() would try to join it."""
+    record = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        # Ray records <node ip>:<port>; we know 127.0.0.1:<port>.
+        if record.read_text().strip().rsplit(":", 1)[-1] == address.rsplit(":", 1)[-1]:
+            record.unlink()
+
+
 def down(settings: Settings) -> list[str]:
     """Stop exactly what `up` started: its Ray head (with Serve) and the private PostGIS."""
     stopped = []
-    state_file = settings.home / _STATE_FILE
     state = stack_state(settings)
     if state is not None:
-        os.killpg(state["ray_pid"], signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while _is_group_alive(state["ray_pid"]) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _stop_ray_head(state)
+        _forget_ray_cluster(state["ray_address"])
         stopped.append(f"Ray head at {state['ray_address']}")
-    state_file.unlink(missing_ok=True)
+    (settings.home / _STATE_FILE).unlink(missing_ok=True)
     (settings.home / "ray-address").unlink(missing_ok=True)
     database = dev_database(settings)
     if settings.database_url is None and database.is_running():

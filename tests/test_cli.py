@@ -1,5 +1,6 @@
 """The `rayetl` console script, run as a subprocess against the session's PostGIS, Ray and API."""
 
+import contextlib
 import json
 import os
 import re
@@ -19,8 +20,6 @@ from conftest import free_port
 from rayetl.cli import parse_params
 
 RAYETL = Path(sys.executable).with_name("rayetl")
-# Where `ray start` records the cluster that a bare ray.init() joins.
-RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 JOB_LINE = re.compile(r"^job ([0-9a-f]{64}) (\w+)", re.MULTILINE)
 
 
@@ -62,12 +61,6 @@ def output(done: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def env(settings) -> dict[str, str]:
     return session_env(settings)
-
-
-@pytest.fixture(scope="module")
-def run_env(env, ray_cluster) -> dict[str, str]:
-    """For `rayetl run`: the session's Ray cluster."""
-    return env | {"RAYETL_RAY_ADDRESS": ray_cluster}
 
 
 # -- -p parsing ---------------------------------------------------------------------------------
@@ -115,21 +108,53 @@ def test_param_without_a_key_and_value_is_rejected_with_an_example(pair):
 # -- run: a job on the current Ray cluster, waited for ------------------------------------------
 
 
-def test_run_waits_for_the_job_and_prints_its_result(run_env, unique):
-    done = rayetl("run", "hello_world", "-p", "n=5", "-p", f"message=hi-{unique}", env=run_env)
+@pytest.fixture(scope="module")
+def runs(env, ray_cluster):
+    """The `rayetl run` commands under test, started together: each spends seconds on its job."""
+    run_env = env | {"RAYETL_RAY_ADDRESS": ray_cluster}
+    message = f"hi-{time.time_ns()}"
+    commands = {
+        "completing": ["run", "hello_world", "-p", "n=5", "-p", f"message={message}"],
+        "failing": [
+            "run", "hello_world", "-p", "n=3", "-p", f"message={message}", "-p", 'fail_permanent=["reply-1"]'
+        ],
+        "unknown type": ["run", "hello_wrld"],
+    }  # fmt: skip
+    started = {
+        name: subprocess.Popen(
+            [str(RAYETL), *args], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, args in commands.items()
+    }
+
+    def finished(name: str) -> subprocess.CompletedProcess:
+        process = started[name]
+        stdout, stderr = process.communicate(timeout=120)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    yield message, finished
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_run_waits_for_the_job_and_prints_its_result(runs):
+    message, finished = runs
+
+    done = finished("completing")
 
     assert done.returncode == 0, output(done)
     assert re.search(r"^job [0-9a-f]{64} queued$", done.stdout, re.MULTILINE), done.stdout
     assert '"status": "completed"' in done.stdout
     assert '"greetings": 5' in done.stdout
-    assert f'"last_reply": "reply #4 to \'hi-{unique} #4\'"' in done.stdout
+    assert f'"last_reply": "reply #4 to \'{message} #4\'"' in done.stdout
 
 
-def test_run_of_a_failing_job_exits_non_zero_and_names_the_failed_task(run_env, unique):
-    done = rayetl(
-        "run", "hello_world", "-p", "n=3", "-p", f"message=hi-{unique}", "-p", 'fail_permanent=["reply-1"]',
-        env=run_env,
-    )  # fmt: skip
+def test_run_of_a_failing_job_exits_non_zero_and_names_the_failed_task(runs):
+    _, finished = runs
+
+    done = finished("failing")
 
     assert done.returncode == 1, output(done)
     assert '"status": "failed"' in done.stdout
@@ -137,8 +162,10 @@ def test_run_of_a_failing_job_exits_non_zero_and_names_the_failed_task(run_env, 
     assert "reply-1: permanent failure injected by fail_permanent" in done.stderr
 
 
-def test_run_of_an_unknown_job_type_prints_the_message_without_a_traceback(run_env):
-    done = rayetl("run", "hello_wrld", env=run_env)
+def test_run_of_an_unknown_job_type_prints_the_message_without_a_traceback(runs):
+    _, finished = runs
+
+    done = finished("unknown type")
 
     assert done.returncode == 2, output(done)
     assert "error: unknown job type 'hello_wrld'. Known types: hello_world" in done.stderr
@@ -308,10 +335,6 @@ def test_storage_put_refused_for_its_path_creates_no_container(env, settings, un
 # -- the local stack: up, use, down -------------------------------------------------------------
 
 
-def _read(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
-
-
 def _is_group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -320,10 +343,36 @@ def _is_group_alive(pgid: int) -> bool:
     return True
 
 
+def _processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of the processes started with the environment variable name=value.
+
+    Ray renames its workers ("ray::ServeController"), but they keep the environment of the
+    `ray start` that launched them.
+    """
+    marker = f"{name}={value}".encode()
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 @pytest.mark.stack
 def test_up_starts_the_stack_and_down_stops_it(settings):
     home = Path(tempfile.mkdtemp(prefix="rayetl-stack-", dir="/tmp"))
     home.chmod(0o755)
+    ray_tmp = str(home / "t")  # short: Ray's socket paths live under it and must stay < 108 characters
     api_port, dashboard_port = free_port(), free_port()
     env = base_env() | {
         "RAYETL_HOME": str(home),
@@ -332,9 +381,11 @@ def test_up_starts_the_stack_and_down_stops_it(settings):
         "RAYETL_DASHBOARD_PORT": str(dashboard_port),
         # The stack shares the session's database: its janitor must not take over the session's jobs.
         "RAYETL_JANITOR_STALE_AFTER_S": "3600",
+        # Ray's own files (sessions, and the record of the cluster `ray start` made, which a bare
+        # ray.init() joins) go under home, so that no other Ray user of this machine sees this cluster.
+        "RAY_TMPDIR": ray_tmp,
     }
     api_url = f"http://127.0.0.1:{api_port}"
-    ray_cluster_file_before = _read(RAY_CURRENT_CLUSTER)
     ray_pgid = None
     try:
         up = rayetl("up", env=env, timeout_s=120)
@@ -357,30 +408,28 @@ def test_up_starts_the_stack_and_down_stops_it(settings):
     finally:
         down = rayetl("down", env=env, timeout_s=120)
         group_survived = ray_pgid is not None and _is_group_alive(ray_pgid)
+        survivors = _processes_with_env("RAY_TMPDIR", ray_tmp)
+        api_answers = _answers(f"{api_url}/api/health")
+        address_file = Path(ray_tmp) / "ray" / "ray_current_cluster"
+        address_left = address_file.read_text() if address_file.exists() else None
+        # Leave no cluster behind, whatever `down` did: these are the processes this test started.
         if group_survived:
-            os.killpg(ray_pgid, signal.SIGKILL)  # leave no cluster behind, whatever down did
-        ray_cluster_file_after = _read(RAY_CURRENT_CLUSTER)
-        if ray_cluster_file_after != ray_cluster_file_before:
-            # `ray start` rewrote it; put back what was there so later bare ray.init() calls are unaffected.
-            if ray_cluster_file_before is None:
-                RAY_CURRENT_CLUSTER.unlink(missing_ok=True)
-            else:
-                RAY_CURRENT_CLUSTER.write_text(ray_cluster_file_before)
+            os.killpg(ray_pgid, signal.SIGKILL)
+        for pid in survivors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(home, ignore_errors=True)
 
     assert down.returncode == 0, output(down)
     assert f"stopped: Ray head at {ray_address}" in down.stdout
-    assert not group_survived, f"the Ray head's process group {ray_pgid} was still running after `down`"
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"{api_url}/api/health", timeout=5)
-    # `ray stop` would have cleared Ray's record of the cluster; a stale one makes every later
-    # bare ray.init() on this machine try to join the stopped cluster and hang.
-    assert ray_cluster_file_after is None or ray_address not in ray_cluster_file_after, (
-        f"`rayetl down` left {RAY_CURRENT_CLUSTER} pointing at the stopped cluster {ray_address}"
-    )
-
-
-def test_zz_probe(run_env):
-    t = time.time()
-    done = subprocess.run([sys.executable, "/tmp/cli_phase_probe.py"], env=run_env, capture_output=True, text=True)
-    print(done.stdout, done.stderr[-2000:], "total", time.time() - t)
+    problems = [
+        f"the Ray head's process group {ray_pgid} still ran after `down`" if group_survived else "",
+        f"processes of the stopped cluster still ran after `down`: {survivors}" if survivors else "",
+        f"the API still answered at {api_url} after `down`" if api_answers else "",
+        # `ray stop` clears this record; a stale one (by default /tmp/ray/ray_current_cluster) makes
+        # every later bare ray.init() on the machine try to join the stopped cluster and hang.
+        f"`down` left {address_file} pointing at the stopped cluster ({address_left})"
+        if address_left
+        else "",
+    ]
+    assert not any(problems), "\n".join(p for p in problems if p)
