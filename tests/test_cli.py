@@ -368,6 +368,37 @@ def _answers(url: str) -> bool:
     return True
 
 
+def wait_until_or_none(condition, *, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return None
+
+
+def _state_api(dashboard_port: int, kind: str) -> list[dict]:
+    response = httpx.get(
+        f"http://127.0.0.1:{dashboard_port}/api/v0/{kind}", params={"limit": 10_000}, timeout=10
+    )
+    return response.json()["data"]["result"]["result"]
+
+
+def _assert_dashboard_shows_readable_names(dashboard_port: int, job_id: str) -> None:
+    """A person can follow the job in the dashboard: named coordinator, tasks named type:stage:key."""
+    coordinator = f"rayetl-job-hello_world-{job_id[:12]}-a1"
+    assert any(a["name"] == coordinator for a in _state_api(dashboard_port, "actors"))
+    expected = {"hello_world:greet:greet-0", "hello_world:greet:greet-1", "hello_world:reply:reply-1"}
+    seen: set[str] = set()
+
+    def listed() -> bool:
+        seen.update(t["name"] for t in _state_api(dashboard_port, "tasks"))
+        return expected <= seen
+
+    if not wait_until_or_none(listed, timeout_s=30):
+        pytest.fail(f"the dashboard does not list {sorted(expected)}; it lists {sorted(seen)}")
+
+
 @pytest.mark.stack
 def test_up_starts_the_stack_and_down_stops_it(settings):
     home = Path(tempfile.mkdtemp(prefix="rayetl-stack-", dir="/tmp"))
@@ -405,6 +436,8 @@ def test_up_starts_the_stack_and_down_stops_it(settings):
         assert submitted.returncode == 0, output(submitted)
         assert '"status": "completed"' in submitted.stdout
         assert '"last_reply": "reply #1 to \'stack #1\'"' in submitted.stdout
+        job_id = re.search(r"^job ([0-9a-f]{64}) ", submitted.stdout, re.MULTILINE)[1]
+        _assert_dashboard_shows_readable_names(dashboard_port, job_id)
     finally:
         down = rayetl("down", env=env, timeout_s=120)
         group_survived = ray_pgid is not None and _is_group_alive(ray_pgid)

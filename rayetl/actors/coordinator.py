@@ -27,6 +27,8 @@ __all__ = ["JobCoordinator", "JobRunner", "task_id"]
 
 logger = logging.getLogger(__name__)
 
+_LINGER_S = 2.0
+
 
 class JobRunner:
     """The coordinator's work, kept apart from the actor so it reads as plain code."""
@@ -250,7 +252,9 @@ class JobCoordinator:
             # The janitor finds a job whose coordinator is gone; log here for the operator.
             logger.exception("coordinator crashed")
         finally:
-            # A finished coordinator holds nothing worth keeping; free its name and process.
+            # A finished coordinator holds nothing worth keeping; free its name and process. First
+            # let Ray report its tasks' last events (every second), or the dashboard never sees them.
+            time.sleep(_LINGER_S)
             ray.kill(ray.get_runtime_context().current_actor)
 
     def cancel(self) -> None:
