@@ -6,13 +6,16 @@ from dataclasses import dataclass
 import psycopg
 import ray.exceptions
 
-from rayetl.errors import PermanentError, TransientError
+from rayetl.errors import Conflict, InvalidRequest, NotFound, PermanentError, TransientError
 
 __all__ = ["Verdict", "backoff_s", "classify", "describe", "unwrap"]
 
 # Errors about the input, not the weather (these OSErrors included): retrying cannot help.
 _PERMANENT = (
     PermanentError,
+    InvalidRequest,
+    NotFound,
+    Conflict,
     FileNotFoundError,
     FileExistsError,
     IsADirectoryError,

@@ -8,7 +8,7 @@ import ray.exceptions
 
 from rayetl.actors.retry import backoff_s, classify, describe
 from rayetl.actors.schedule import RetryQueue, check_plan, resume_index
-from rayetl.errors import PermanentError, TransientError
+from rayetl.errors import Conflict, NotFound, PermanentError, TransientError
 from rayetl.models import StageProgress
 from rayetl.pipelines.contract import Stage, TaskSpec
 
@@ -58,6 +58,8 @@ def test_retry_queue_releases_items_after_their_delay():
         (ray.exceptions.WorkerCrashedError(), 1, True, "transient"),
         (PermanentError("bad row"), 1, False, "permanent"),
         (FileNotFoundError("x.tif"), 1, False, "permanent"),
+        (Conflict("table geo.roads already exists"), 1, False, "permanent"),
+        (NotFound("container 'bronze' has no file 'x.tif'"), 1, False, "permanent"),
         (ValueError("surprise"), 1, True, "unknown"),  # unknown: one retry ...
         (ValueError("surprise"), 2, False, "unknown"),  # ... then permanent
     ],
