@@ -94,6 +94,9 @@ def _start_ray_head(settings: Settings) -> tuple[int, str]:
             str(ray_cli), "start", "--head", "--block", f"--port={port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={settings.dashboard_port}",
             "--include-dashboard=true", "--disable-usage-stats",
+            # Ray's fixed default (52365) would clash with any other Ray on this machine; without
+            # its agent, the dashboard cannot take `ray job submit`.
+            f"--dashboard-agent-listen-port={_free_port()}",
         ],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip

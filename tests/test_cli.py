@@ -438,6 +438,16 @@ def test_up_starts_the_stack_and_down_stops_it(settings):
         assert '"last_reply": "reply #1 to \'stack #1\'"' in submitted.stdout
         job_id = re.search(r"^job ([0-9a-f]{64}) ", submitted.stdout, re.MULTILINE)[1]
         _assert_dashboard_shows_readable_names(dashboard_port, job_id)
+
+        # The entry point for Ray jobs: `ray job submit -- rayetl run ...` on the stack's cluster.
+        ray_cli = Path(sys.executable).with_name("ray")
+        via_ray = subprocess.run(
+            [str(ray_cli), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}", "--",
+             str(RAYETL), "run", "hello_world", "-p", "n=3", "-p", "message=via-ray-job"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert via_ray.returncode == 0, output(via_ray)
+        assert "succeeded" in via_ray.stdout and "reply #2 to 'via-ray-job #2'" in via_ray.stdout
     finally:
         down = rayetl("down", env=env, timeout_s=120)
         group_survived = ray_pgid is not None and _is_group_alive(ray_pgid)

@@ -66,6 +66,12 @@ class ContainerListingParams(JobParams):
         return cleaned
 
 
+def describe_listing(params: ContainerListingParams, file_count: int) -> str:
+    """The result's message: how many files matched where, or that none did."""
+    where = f"container {params.container_name!r}" + (f" under {params.prefix!r}" if params.prefix else "")
+    return f"{file_count} files in {where}" if file_count else f"no files matched in {where}"
+
+
 def require_container(params: ContainerListingParams, settings: Settings) -> None:
     """Preflight: the container must exist (NotFound otherwise)."""
     open_container(settings, params.container_name)

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from rayetl.pipelines.containers import (
     ContainerListingParams,
+    describe_listing,
     list_files,
     plan_listing,
     require_container,
@@ -102,8 +103,7 @@ def summarize_listing(
 ) -> ListContainerResult:
     """Collect the metadata; no matching file is a valid, stated outcome."""
     files = outputs["metadata"].values() if "metadata" in outputs else []
-    where = f"container {params.container_name!r}" + (f" under {params.prefix!r}" if params.prefix else "")
-    message = f"{len(files)} files in {where}" if files else f"no files matched in {where}"
+    message = describe_listing(params, len(files))
     return ListContainerResult(
         container=params.container_name,
         prefix=params.prefix,

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from rayetl.pipelines.containers import (
     ContainerListingParams,
+    describe_listing,
     list_files,
     plan_listing,
     require_container,
@@ -110,8 +111,7 @@ def summarize_all(
     """Merge the partitions; an empty container is a valid, stated outcome."""
     parts = outputs["summarize"].values() if "summarize" in outputs else []
     total = merge_summaries(parts)
-    where = f"container {params.container_name!r}" + (f" under {params.prefix!r}" if params.prefix else "")
-    message = f"{total.file_count} files in {where}" if total.file_count else f"no files matched in {where}"
+    message = describe_listing(params, total.file_count)
     return SummarizeContainerResult(
         container=params.container_name, prefix=params.prefix, message=message, **total.model_dump()
     )
