@@ -110,14 +110,17 @@ def _job_response(pool: ConnectionPool, job: JobRecord) -> JobResponse:
     return JobResponse(**job.model_dump(), task_counts=counts, links=_links(job.id))
 
 
-def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
-    """The FastAPI application; Serve wraps it, tests may build it with their own settings."""
-    app = FastAPI(
-        title="rayetl",
-        version=__version__,
-        description="Geospatial ETL on Ray: submit jobs, follow their stages and tasks.",
+def _job_type_info(jt) -> JobTypeInfo:
+    return JobTypeInfo(
+        name=jt.name,
+        description=jt.description,
+        stages=jt.stage_names,
+        params_schema=jt.params.model_json_schema(),
     )
-    add_exception_handlers(app)
+
+
+def _token_check(settings: Settings):
+    """A dependency that enforces RAYETL_API_TOKEN when it is set."""
     bearer = HTTPBearer(auto_error=False)
 
     def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -129,9 +132,14 @@ def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
                 "missing or wrong API token: send the header 'Authorization: Bearer <RAYETL_API_TOKEN>'"
             )
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+    return require_token
 
-    @api.post("/jobs/{job_type}", status_code=202, response_model=SubmitResponse)
+
+def _job_command_routes(settings: Settings, pool: ConnectionPool) -> APIRouter:
+    """Routes that change jobs: submit, cancel, retry."""
+    router = APIRouter()
+
+    @router.post("/jobs/{job_type}", status_code=202, response_model=SubmitResponse)
     def submit(
         job_type: str,
         params: Annotated[dict[str, Any] | None, Body(description="The job's parameters")] = None,
@@ -151,7 +159,31 @@ def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
         )
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if done.idempotent else 202)
 
-    @api.get("/jobs", response_model=Page[JobRecord])
+    @router.post("/jobs/{job_id}/cancel", response_model=JobResponse)
+    def cancel(job_id: str) -> JobResponse:
+        """Cancel a queued or running job."""
+        return _job_response(pool, submission.cancel_job(job_id, settings=settings, pool=pool))
+
+    @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobResponse)
+    def retry(job_id: str) -> JobResponse:
+        """Run a failed or cancelled job again from the stage where it stopped."""
+        return _job_response(pool, submission.retry_job(job_id, settings=settings, pool=pool))
+
+    return router
+
+
+def _job_read_routes(pool: ConnectionPool) -> APIRouter:
+    """Routes that read jobs, their tasks and their events."""
+    router = APIRouter()
+
+    def existing_job(job_id: str) -> JobRecord:
+        with pool.connection() as conn:
+            job = audit.get_job(conn, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id!r} (GET /api/jobs lists the jobs)")
+        return job
+
+    @router.get("/jobs", response_model=Page[JobRecord])
     def list_jobs(
         status: JobStatus | None = None,
         job_type: str | None = None,
@@ -164,19 +196,12 @@ def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
             total = audit.count_jobs(conn, status=status, job_type=job_type)
         return Page[JobRecord](items=items, total=total, limit=limit, offset=offset)
 
-    def _get_job(job_id: str) -> JobRecord:
-        with pool.connection() as conn:
-            job = audit.get_job(conn, job_id)
-        if job is None:
-            raise NotFound(f"no job with id {job_id!r} (GET /api/jobs lists the jobs)")
-        return job
-
-    @api.get("/jobs/{job_id}", response_model=JobResponse)
+    @router.get("/jobs/{job_id}", response_model=JobResponse)
     def get_job(job_id: str) -> JobResponse:
         """One job: status, stage progress, result or error."""
-        return _job_response(pool, _get_job(job_id))
+        return _job_response(pool, existing_job(job_id))
 
-    @api.get("/jobs/{job_id}/tasks", response_model=Page[TaskRecord])
+    @router.get("/jobs/{job_id}/tasks", response_model=Page[TaskRecord])
     def list_tasks(
         job_id: str,
         stage: str | None = None,
@@ -185,61 +210,49 @@ def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Page[TaskRecord]:
         """Tasks of a job, in plan order."""
-        _get_job(job_id)
+        existing_job(job_id)
         with pool.connection() as conn:
             items = audit.list_tasks(conn, job_id, stage=stage, status=status, limit=limit, offset=offset)
             total = audit.count_tasks(conn, job_id, stage=stage, status=status)
         return Page[TaskRecord](items=items, total=total, limit=limit, offset=offset)
 
-    @api.get("/jobs/{job_id}/events", response_model=Page[EventRecord])
+    @router.get("/jobs/{job_id}/events", response_model=Page[EventRecord])
     def list_events(
         job_id: str,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Page[EventRecord]:
         """The job's event log, oldest first."""
-        _get_job(job_id)
+        existing_job(job_id)
         with pool.connection() as conn:
             items = audit.list_events(conn, job_id, limit=limit, offset=offset)
         return Page[EventRecord](items=items, total=offset + len(items), limit=limit, offset=offset)
 
-    @api.post("/jobs/{job_id}/cancel", response_model=JobResponse)
-    def cancel(job_id: str) -> JobResponse:
-        """Cancel a queued or running job."""
-        return _job_response(pool, submission.cancel_job(job_id, settings=settings, pool=pool))
+    return router
 
-    @api.post("/jobs/{job_id}/retry", status_code=202, response_model=JobResponse)
-    def retry(job_id: str) -> JobResponse:
-        """Run a failed or cancelled job again from the stage where it stopped."""
-        return _job_response(pool, submission.retry_job(job_id, settings=settings, pool=pool))
 
-    @api.get("/job-types", response_model=list[JobTypeInfo])
+def _job_type_routes() -> APIRouter:
+    """Routes that describe the job types."""
+    router = APIRouter()
+
+    @router.get("/job-types", response_model=list[JobTypeInfo])
     def job_types() -> list[JobTypeInfo]:
         """Every job type with the JSON schema of its parameters."""
-        return [
-            JobTypeInfo(
-                name=jt.name,
-                description=jt.description,
-                stages=jt.stage_names,
-                params_schema=jt.params.model_json_schema(),
-            )
-            for jt in JOB_TYPES.values()
-        ]
+        return [_job_type_info(jt) for jt in JOB_TYPES.values()]
 
-    @api.get("/job-types/{name}", response_model=JobTypeInfo)
+    @router.get("/job-types/{name}", response_model=JobTypeInfo)
     def job_type(name: str) -> JobTypeInfo:
         """One job type with the JSON schema of its parameters."""
-        jt = get_job_type(name)
-        return JobTypeInfo(
-            name=jt.name,
-            description=jt.description,
-            stages=jt.stage_names,
-            params_schema=jt.params.model_json_schema(),
-        )
+        return _job_type_info(get_job_type(name))
 
-    app.include_router(api)
+    return router
 
-    @app.get("/api/health")
+
+def _health_routes(settings: Settings, pool: ConnectionPool) -> APIRouter:
+    """The health check, open even when a token is required."""
+    router = APIRouter()
+
+    @router.get("/health")
     def health() -> JSONResponse:
         """Database, Ray and storage, each 'ok' or what is wrong; 503 unless all are ok."""
 
@@ -255,6 +268,22 @@ def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
             {"status": "ok" if healthy else "degraded", **checks}, status_code=200 if healthy else 503
         )
 
+    return router
+
+
+def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
+    """The FastAPI application; Serve wraps it, tests may build it with their own settings."""
+    app = FastAPI(
+        title="rayetl",
+        version=__version__,
+        description="Geospatial ETL on Ray: submit jobs, follow their stages and tasks.",
+    )
+    add_exception_handlers(app)
+    protected = [Depends(_token_check(settings))]
+    app.include_router(_job_command_routes(settings, pool), prefix="/api", dependencies=protected)
+    app.include_router(_job_read_routes(pool), prefix="/api", dependencies=protected)
+    app.include_router(_job_type_routes(), prefix="/api", dependencies=protected)
+    app.include_router(_health_routes(settings, pool), prefix="/api")
     return app
 
 

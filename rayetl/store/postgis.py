@@ -1,4 +1,4 @@
-"""PostGIS writer: COPY GeoDataFrame chunks into a staging table exactly once, then publish it.
+"""PostGIS writer: COPY Arrow chunks (WKB geometries) into a staging table exactly once, then publish it.
 
 Every function commits its own work and leaves an idle connection idle. Given a connection
 already inside a transaction, its blocks become savepoints and the caller's commit decides.
@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import geopandas as gpd
 import pyarrow as pa
 from psycopg import Connection, errors, sql
 from psycopg.rows import tuple_row
@@ -22,7 +21,9 @@ from rayetl.store.postgis_types import (
     COPY_HEADER,
     COPY_TRAILER,
     MAX_NAME_BYTES,
+    Chunk,
     arrays_for_copy,
+    as_arrow_chunk,
     binary_copy_rows,
     column_types,
 )
@@ -119,12 +120,15 @@ def list_staging_tables(conn: Connection, schema: str) -> list[str]:
     return [name for (name,) in rows]
 
 
-def create_staging_table(conn: Connection, staging: Table, frame: gpd.GeoDataFrame) -> dict[str, str]:
+def create_staging_table(conn: Connection, staging: Table, first_chunk: Chunk) -> dict[str, str]:
     """Create the staging table (and its schema) with the columns of a first chunk; returns them.
 
+    The chunk is a pyarrow.Table whose `geom` column holds WKB in EPSG:4326 (a GeoDataFrame is
+    converted to one). Attribute columns keep their Arrow types (lists and structs become jsonb);
+    the geometry column's type is the one type every WKB header of the chunk names.
     A no-op when the table exists: a retried job keeps the chunks it already loaded.
     """
-    columns = column_types(frame)
+    columns = column_types(as_arrow_chunk(first_chunk, "the first chunk"))
     definitions = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in columns.items()]
     with conn.transaction():
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(staging.schema)))
@@ -146,11 +150,16 @@ def create_staging_table(conn: Connection, staging: Table, frame: gpd.GeoDataFra
     return columns
 
 
-def load_chunk(conn: Connection, staging: Table, frame: gpd.GeoDataFrame, *, chunk_key: str) -> ChunkLoaded:
-    """Binary-COPY one chunk into the staging table, exactly once per chunk key."""
+def load_chunk(conn: Connection, staging: Table, chunk: Chunk, *, chunk_key: str) -> ChunkLoaded:
+    """Binary-COPY one chunk into the staging table, exactly once per chunk key.
+
+    The COPY rows are encoded from the chunk's Arrow columns and WKB bytes; no geometry is parsed.
+    """
+    where = f"chunk {chunk_key!r}"
+    table = as_arrow_chunk(chunk, where)
     with conn.transaction():
         columns = _staging_columns(conn, staging)
-        arrays = arrays_for_copy(frame, columns, f"chunk {chunk_key!r}")
+        arrays = arrays_for_copy(table, columns, where)
         # The key and the rows commit together: a worker killed mid-COPY leaves neither, and a
         # retry after the commit finds the key. A concurrent attempt at the same key waits on
         # the primary key here until the first commits (then it skips) or rolls back.
@@ -158,7 +167,7 @@ def load_chunk(conn: Connection, staging: Table, frame: gpd.GeoDataFrame, *, chu
             conn,
             """INSERT INTO rayetl.loaded_chunks (staging_table, chunk_key, rows, loaded_at)
                VALUES (%s, %s, %s, now()) ON CONFLICT DO NOTHING RETURNING rows""",
-            (_bookkeeping_name(conn, staging), chunk_key, len(frame)),
+            (_bookkeeping_name(conn, staging), chunk_key, table.num_rows),
         )
         if not claimed:
             (rows,) = _fetch(
@@ -168,10 +177,10 @@ def load_chunk(conn: Connection, staging: Table, frame: gpd.GeoDataFrame, *, chu
             )[0]
             logger.debug("chunk %s of %s was loaded before (%d rows): skipped", chunk_key, staging, rows)
             return ChunkLoaded(staging=str(staging), chunk_key=chunk_key, rows=rows, already_loaded=True)
-        if len(frame):
+        if table.num_rows:
             _copy(conn, staging, list(columns), arrays, chunk_key)
-    logger.debug("chunk %s: %d rows copied into %s", chunk_key, len(frame), staging)
-    return ChunkLoaded(staging=str(staging), chunk_key=chunk_key, rows=len(frame), already_loaded=False)
+    logger.debug("chunk %s: %d rows copied into %s", chunk_key, table.num_rows, staging)
+    return ChunkLoaded(staging=str(staging), chunk_key=chunk_key, rows=table.num_rows, already_loaded=False)
 
 
 def publish_table(

@@ -1,5 +1,9 @@
-"""Chunks as PostgreSQL sees them: dtypes → column types, and columns → binary COPY rows."""
+"""Chunks as PostgreSQL sees them: Arrow types → column types, and columns → binary COPY rows."""
 
+import base64
+import datetime as dt
+import decimal
+import json
 import struct
 from collections.abc import Iterator, Sequence
 
@@ -17,18 +21,31 @@ __all__ = [
     "COPY_TRAILER",
     "MAX_NAME_BYTES",
     "SRID",
+    "Chunk",
     "arrays_for_copy",
+    "as_arrow_chunk",
     "binary_copy_rows",
     "cast_for_copy",
     "column_types",
+    "geometry_type_of",
     "pg_type_of",
     "to_arrow",
 ]
 
 SRID = 4326
+Chunk = pa.Table | pa.RecordBatch | gpd.GeoDataFrame  # geometries in `geom`, as WKB, in EPSG:4326
 MAX_NAME_BYTES = 63  # PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1)
 RESERVED_COLUMNS = ("fid", "geom")
-_GEOMETRY_KINDS = ("Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon")
+# By WKB type code (1-7); only the first six can be a column's type.
+_GEOMETRY_KINDS = (
+    "Point",
+    "LineString",
+    "Polygon",
+    "MultiPoint",
+    "MultiLineString",
+    "MultiPolygon",
+    "GeometryCollection",
+)
 
 # Signature, flags (no OIDs), no header extension; the trailer is a field count of -1.
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -67,27 +84,89 @@ _NULL_FIELD = pa.scalar(struct.pack(">i", -1), pa.large_binary())  # a field of 
 _NO_SEPARATOR = pa.scalar(b"", pa.large_binary())
 
 
-def column_types(frame: gpd.GeoDataFrame) -> dict[str, str]:
-    """PostgreSQL types of the frame's columns, its active geometry last as `geom`."""
-    geometry = _geometry_of(frame, "the first chunk")
-    types = {}
-    for name in frame.columns:
-        if name == geometry.name:
-            continue
-        _check_column_name(name, frame[name])
-        types[name] = pg_type_of(to_arrow(frame[name], name), name)
-    kinds = set(geometry.geom_type.dropna().unique())
-    if len(kinds) > 1 or not kinds <= set(_GEOMETRY_KINDS):
+def as_arrow_chunk(chunk: Chunk, where: str) -> pa.Table:
+    """The chunk as a load-ready Arrow table: attribute columns, and `geom` holding WKB.
+
+    A pyarrow.Table (or RecordBatch) passes through untouched: its WKB is never parsed into
+    geometries, so a chunk from Ray's object store goes to COPY without copies. A GeoDataFrame is
+    converted once here (attributes to Arrow, geometries to WKB), so both take one code path.
+    """
+    if isinstance(chunk, gpd.GeoDataFrame):
+        return _from_geodataframe(chunk, where)
+    if isinstance(chunk, pa.RecordBatch):
+        chunk = pa.Table.from_batches([chunk])
+    if not isinstance(chunk, pa.Table):
+        raise TypeError(f"{where}: expected a pyarrow.Table or a GeoDataFrame, not {type(chunk).__name__}")
+    names = chunk.column_names
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise PermanentError(f"{where}: column names repeat: {repeated}")
+    if "geom" not in names:
         raise PermanentError(
-            f"the geometry column holds {', '.join(sorted(kinds))}; "
-            "promote every geometry to one simple type (e.g. MultiPolygon) before loading"
+            f"{where} has no 'geom' column; put the geometries in a column named geom, as WKB"
         )
-    kind = kinds.pop() if kinds else "Geometry"  # only missing geometries: any type goes
-    types["geom"] = f"geometry({kind}{'Z' if geometry.has_z.any() else ''},{SRID})"
+    geom_type = _storage_type(chunk.schema.field("geom").type)
+    if not (
+        pa.types.is_binary(geom_type) or pa.types.is_large_binary(geom_type) or _is_binary_view(geom_type)
+    ):
+        raise PermanentError(f"{where}: column 'geom' holds {geom_type} values, not WKB; encode it as WKB")
+    return chunk
+
+
+def column_types(chunk: pa.Table) -> dict[str, str]:
+    """PostgreSQL types of the chunk's columns, `geom` last with the type of its WKB."""
+    types = {}
+    for name in chunk.column_names:
+        if name != "geom":
+            _check_column_name(name)
+            types[name] = pg_type_of(chunk.schema.field(name).type, name)
+    types["geom"] = f"geometry({geometry_type_of(chunk.column('geom'))},{SRID})"
     return types
 
 
-def _check_column_name(name: object, values: pd.Series) -> None:
+def geometry_type_of(wkb: pa.Array | pa.ChunkedArray) -> str:
+    """The one geometry type (e.g. MultiPolygon, MultiPointZ) the WKB values hold, from their headers.
+
+    Reads the byte order and type code of every non-null value (ISO codes such as 1006 or 3006 and
+    EWKB flags alike) with numpy, without parsing any coordinates. Only missing values: Geometry.
+    """
+    codes = _wkb_type_codes(_one_array(wkb).cast(pa.large_binary()))
+    kinds = set()
+    for code in np.unique(codes).tolist():
+        base = code & 0x1FFFFFFF  # without the EWKB Z, M and SRID flags
+        dims, kind = divmod(base, 1000)
+        has_z = bool(code & 0x80000000) or dims in (1, 3)
+        has_m = bool(code & 0x40000000) or dims in (2, 3)
+        name = _GEOMETRY_KINDS[kind - 1] if 1 <= kind <= 7 and dims <= 3 else f"WKB type {code}"
+        kinds.add(f"{name}{'Z' if has_z else ''}{'M' if has_m else ''}")
+    if len(kinds) > 1 or not {k.rstrip("ZM") for k in kinds} <= set(_GEOMETRY_KINDS[:6]):
+        raise PermanentError(
+            f"the geometry column holds {', '.join(sorted(kinds))}; "
+            "promote every geometry to one simple type (e.g. MultiPolygon) of one dimension before loading"
+        )
+    return kinds.pop() if kinds else "Geometry"  # only missing geometries: any type goes
+
+
+def _wkb_type_codes(wkb: pa.Array) -> np.ndarray:
+    """The type code (uint32, in its byte order) of each non-null WKB value."""
+    values = wkb.drop_null()
+    if not len(values):
+        return np.empty(0, np.uint32)
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset : values.offset + len(values) + 1]
+    starts = offsets[:-1]
+    if (np.diff(offsets) < 5).any():
+        raise PermanentError("the geometry column holds values too short to be WKB; encode it as WKB")
+    data = np.frombuffer(values.buffers()[2], np.uint8)
+    order = data[starts]
+    if not np.isin(order, (0, 1)).all():
+        raise PermanentError("the geometry column holds values that are not WKB (bad byte order mark)")
+    header = data[starts[:, None] + np.arange(1, 5)].astype(np.uint32)
+    little = header[:, 0] | header[:, 1] << 8 | header[:, 2] << 16 | header[:, 3] << 24
+    big = header[:, 3] | header[:, 2] << 8 | header[:, 1] << 16 | header[:, 0] << 24
+    return np.where(order == 1, little, big)
+
+
+def _check_column_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise PermanentError(f"column {name!r}: column names must be non-empty strings")
     if name in RESERVED_COLUMNS:
@@ -97,13 +176,9 @@ def _check_column_name(name: object, values: pd.Series) -> None:
         )
     if len(name.encode()) > MAX_NAME_BYTES:
         raise PermanentError(f"column {name!r} is longer than {MAX_NAME_BYTES} bytes; shorten it")
-    if isinstance(values.dtype, gpd.array.GeometryDtype):
-        raise PermanentError(
-            f"column {name!r} is a second geometry column; keep one, or convert it to WKT text"
-        )
 
 
-def _geometry_of(frame: gpd.GeoDataFrame, where: str) -> gpd.GeoSeries:
+def _from_geodataframe(frame: gpd.GeoDataFrame, where: str) -> pa.Table:
     if getattr(frame, "active_geometry_name", None) is None:
         raise PermanentError(f"{where} has no geometry column; pass a GeoDataFrame with one set")
     if not frame.columns.is_unique:
@@ -114,13 +189,26 @@ def _geometry_of(frame: gpd.GeoDataFrame, where: str) -> gpd.GeoSeries:
         raise PermanentError(
             f"{where}: geometries are in {frame.crs or 'no CRS'}; reproject them to EPSG:4326"
         )
-    return frame.geometry
+    geometry = frame.geometry
+    names, arrays = [], []
+    for name in frame.columns:
+        if name == geometry.name:
+            continue
+        _check_column_name(name)
+        if isinstance(frame[name].dtype, gpd.array.GeometryDtype):
+            raise PermanentError(
+                f"column {name!r} is a second geometry column; keep one, or convert it to WKT text"
+            )
+        names.append(name)
+        arrays.append(to_arrow(frame[name], name))
+    # Plain WKB: PostGIS gives SRID-less geometries the column's SRID (postgis_valid_typmod).
+    wkb = pa.array(shapely.to_wkb(np.asarray(geometry.array)), type=pa.large_binary())
+    return pa.Table.from_arrays([*arrays, wkb], names=[*names, "geom"])
 
 
-def arrays_for_copy(frame: gpd.GeoDataFrame, columns: dict[str, str], where: str) -> list[pa.Array]:
-    """The chunk's columns in table order, cast to the table's types; geometry as WKB."""
-    geometry = _geometry_of(frame, where)
-    have = {str(name) for name in frame.columns if name != geometry.name} | {"geom"}
+def arrays_for_copy(chunk: pa.Table, columns: dict[str, str], where: str) -> list[pa.Array]:
+    """The chunk's columns in table order, cast to the table's types; `geom` as its WKB."""
+    have = set(chunk.column_names)
     if have != set(columns):
         raise PermanentError(
             f"{where}: columns differ from the staging table's (missing: "
@@ -129,13 +217,12 @@ def arrays_for_copy(frame: gpd.GeoDataFrame, columns: dict[str, str], where: str
         )
     arrays = []
     for name, pg_type in columns.items():
+        array = _one_array(chunk.column(name))
         if name == "geom":
-            # Plain WKB: PostGIS gives SRID-less geometries the column's SRID (postgis_valid_typmod),
-            # which saves a set_srid copy of every geometry.
-            wkb = shapely.to_wkb(np.asarray(geometry.array))
-            arrays.append(pa.array(wkb, type=pa.large_binary()))
+            # A geometry of another type or SRID is refused by PostGIS during the COPY.
+            arrays.append(_storage(array).cast(pa.large_binary()))
         else:
-            arrays.append(cast_for_copy(to_arrow(frame[name], name), name, pg_type))
+            arrays.append(cast_for_copy(array, name, pg_type))
     return arrays
 
 
@@ -147,18 +234,18 @@ def to_arrow(values: pd.Series, column: str) -> pa.Array:
         raise PermanentError(
             f"column {column!r} mixes value types ({exc}); give it one type (e.g. cast it to str)"
         ) from exc
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if pa.types.is_dictionary(array.type):  # categoricals are stored as their values
-        array = array.dictionary_decode()
-    return array
+    return _one_array(array)
 
 
-def pg_type_of(array: pa.Array, column: str) -> str:
-    """The PostgreSQL type that holds every value of an Arrow array exactly."""
-    t = array.type
-    if pa.types.is_null(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
+def pg_type_of(t: pa.DataType, column: str) -> str:
+    """The PostgreSQL type that holds every value of an Arrow type exactly."""
+    t = _storage_type(t)
+    if pa.types.is_dictionary(t):  # categoricals are stored as their values
+        return pg_type_of(t.value_type, column)
+    if pa.types.is_null(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or _is_string_view(t):
         return "text"  # an all-missing column has no type of its own; text takes anything later
+    if _is_nested(t):
+        return "jsonb"  # GeoJSON arrays and objects, as their JSON
     if pa.types.is_boolean(t):
         return "boolean"
     if pa.types.is_integer(t):
@@ -167,7 +254,12 @@ def pg_type_of(array: pa.Array, column: str) -> str:
         return "smallint" if bits <= 16 else "integer" if bits <= 32 else "bigint"
     if pa.types.is_floating(t):
         return "double precision" if t.bit_width == 64 else "real"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+    if (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or _is_binary_view(t)
+    ):
         return "bytea"
     if pa.types.is_date(t):
         return "date"
@@ -181,6 +273,18 @@ def pg_type_of(array: pa.Array, column: str) -> str:
 
 def cast_for_copy(array: pa.Array, column: str, pg_type: str) -> pa.Array:
     """The array cast, without loss, to the Arrow type that binary_copy_rows encodes as pg_type."""
+    array = _storage(array)
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if _is_nested(array.type) and pg_type in ("jsonb", "text"):
+        return _json_values(array, column, jsonb=pg_type == "jsonb")
+    if pg_type == "jsonb":
+        if pa.types.is_null(array.type):
+            return pa.nulls(len(array), pa.large_binary())
+        raise PermanentError(
+            f"column {column!r} holds {array.type} values but the table stores jsonb; "
+            "give the column the same type in every chunk"
+        )
     target = _ARROW_OF[pg_type]
     if pa.types.is_timestamp(array.type) and pa.types.is_timestamp(target):
         if (array.type.tz is None) != (target.tz is None):
@@ -196,6 +300,71 @@ def cast_for_copy(array: pa.Array, column: str, pg_type: str) -> pa.Array:
             f"column {column!r} holds {array.type} values that do not fit the table's {pg_type} "
             f"exactly ({exc}); give the column the same type in every chunk"
         ) from exc
+
+
+def _json_values(array: pa.Array, column: str, *, jsonb: bool) -> pa.Array:
+    """Each list or struct value as JSON text; jsonb's binary form is a version byte, then the text."""
+    texts = []
+    for value in array.to_pylist():  # nested columns are rare and small: Python per value is fine
+        try:
+            texts.append(
+                None
+                if value is None
+                else json.dumps(value, ensure_ascii=False, allow_nan=False, default=_json_default)
+            )
+        except ValueError as exc:
+            raise PermanentError(
+                f"column {column!r} holds a list or object with NaN or infinity, which JSON cannot "
+                "hold; replace them with nulls"
+            ) from exc
+    if not jsonb:
+        return pa.array(texts, type=pa.large_string())
+    return pa.array([None if t is None else b"\x01" + t.encode() for t in texts], type=pa.large_binary())
+
+
+def _json_default(value: object) -> object:
+    """JSON for the values Arrow nests that JSON has no type for."""
+    if isinstance(value, dt.date | dt.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, decimal.Decimal | dt.timedelta):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} values cannot be written as JSON")
+
+
+def _one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array: a single chunk as it is (no copy), several joined."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    return values
+
+
+def _storage(array: pa.Array) -> pa.Array:
+    return array.storage if isinstance(array, pa.ExtensionArray) else array
+
+
+def _storage_type(t: pa.DataType) -> pa.DataType:
+    return t.storage_type if isinstance(t, pa.ExtensionType) else t
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(t)
+        or pa.types.is_large_list(t)
+        or pa.types.is_fixed_size_list(t)
+        or pa.types.is_list_view(t)
+        or pa.types.is_large_list_view(t)
+        or pa.types.is_struct(t)
+    )
+
+
+def _is_string_view(t: pa.DataType) -> bool:
+    return t == pa.string_view()
+
+
+def _is_binary_view(t: pa.DataType) -> bool:
+    return t == pa.binary_view()
 
 
 def binary_copy_rows(arrays: Sequence[pa.Array], *, batch_rows: int = 25_000) -> Iterator[memoryview]:

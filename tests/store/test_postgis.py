@@ -12,11 +12,14 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
 import pytest
 import shapely
 from conftest import wait_until
 
 from rayetl.errors import Conflict, PermanentError
+from rayetl.pipelines.vector_prepare import prepare_batch
+from rayetl.pipelines.vector_source import ConverterParams, VectorFormat, read_batches
 from rayetl.store import postgis
 from rayetl.store.postgis import Table
 
@@ -54,7 +57,22 @@ def _polygons(n: int, *, seed: int = 1) -> gpd.GeoDataFrame:
     )
 
 
-def _stage(conn, schema: str, frame: gpd.GeoDataFrame, *, table: str = "roads", job: str = "job1") -> Table:
+def _arrow(frame: gpd.GeoDataFrame) -> pa.Table:
+    """The frame as a prepared chunk is: attributes as Arrow, then `geom` as 2D ISO WKB (binary)."""
+    attributes = pa.Table.from_pandas(frame.drop(columns=frame.geometry.name), preserve_index=False)
+    wkb = shapely.to_wkb(np.asarray(frame.geometry.array), flavor="iso")
+    return attributes.append_column(pa.field("geom", pa.binary()), pa.array(wkb, type=pa.binary()))
+
+
+@pytest.fixture(params=["geodataframe", "arrow"])
+def as_input(request):
+    """Chunks as a GeoDataFrame, or as the Arrow table (WKB geometries) the pipelines hand over."""
+    return (lambda frame: frame) if request.param == "geodataframe" else _arrow
+
+
+def _stage(
+    conn, schema: str, frame: gpd.GeoDataFrame | pa.Table, *, table: str = "roads", job: str = "job1"
+) -> Table:
     staging = postgis.staging_table_for(Table(schema, table), f"{job}-{uuid.uuid4().hex}")
     postgis.create_staging_table(conn, staging, frame)
     return staging
@@ -296,26 +314,198 @@ def test_a_later_chunk_is_cast_to_the_staging_types_without_loss(pool, schema):
         assert _chunk_keys(conn, staging) == ["c1"]
 
 
-def test_a_chunk_with_other_columns_is_refused(pool, schema):
+def test_a_chunk_with_other_columns_is_refused(pool, schema, as_input):
     with pool.connection() as conn:
-        staging = _stage(conn, schema, _points(10))
-        other = _points(10).rename(columns={"name": "label"})
+        staging = _stage(conn, schema, as_input(_points(10)))
+        other = as_input(_points(10).rename(columns={"name": "label"}))
         with pytest.raises(
             PermanentError, match=r"chunk 'c0': columns differ .*missing: name; unexpected: label"
         ):
             postgis.load_chunk(conn, staging, other, chunk_key="c0")
 
 
+def test_arrow_types_map_to_postgres_types(pool, schema):
+    chunk = pa.table(
+        {
+            "large": pa.array(["a"], pa.large_string()),
+            "view": pa.array(["a"], pa.string_view()),
+            "coded": pa.array(["a"]).dictionary_encode(),
+            "coded_int": pa.array([7], pa.int16()).dictionary_encode(),
+            "tags": pa.array([["a"]], pa.list_(pa.string())),
+            "sizes": pa.array([[1]], pa.large_list(pa.int64())),
+            "props": pa.array([{"k": 1}], pa.struct([("k", pa.int64())])),
+            "nothing": pa.nulls(1),
+            "ms": pa.array([0], pa.timestamp("ms")),
+            "raw_view": pa.array([b"x"], pa.binary_view()),
+            "geom": pa.array([shapely.to_wkb(shapely.MultiLineString([[(0, 0), (1, 1)]]))], pa.binary()),
+        }
+    )
+    with pool.connection() as conn:
+        columns = postgis.create_staging_table(conn, _new_staging(schema), chunk)
+    assert columns == {
+        "large": "text",
+        "view": "text",
+        "coded": "text",
+        "coded_int": "smallint",
+        "tags": "jsonb",
+        "sizes": "jsonb",
+        "props": "jsonb",
+        "nothing": "text",
+        "ms": "timestamp without time zone",
+        "raw_view": "bytea",
+        "geom": "geometry(MultiLineString,4326)",
+    }
+
+
+def _new_staging(schema: str) -> Table:
+    return postgis.staging_table_for(Table(schema, "roads"), uuid.uuid4().hex)
+
+
+def _wkb_chunk(*geometries, flavor: str = "iso") -> pa.Table:
+    wkb = [None if g is None else shapely.to_wkb(g, flavor=flavor) for g in geometries]
+    return pa.table({"geom": pa.array(wkb, pa.binary())})
+
+
+@pytest.mark.parametrize(
+    ("chunk", "column_type"),
+    [
+        (_wkb_chunk(None, shapely.MultiPolygon([shapely.box(0, 0, 1, 1)])), "geometry(MultiPolygon,4326)"),
+        (_wkb_chunk(shapely.MultiPoint([(0, 0, 1)])), "geometry(MultiPointZ,4326)"),
+        (_wkb_chunk(shapely.MultiPoint([(0, 0, 1)]), flavor="extended"), "geometry(MultiPointZ,4326)"),
+        (_wkb_chunk(shapely.Point(0, 0)), "geometry(Point,4326)"),
+        (_wkb_chunk(None), "geometry(Geometry,4326)"),
+        (
+            pa.table({"geom": pa.array([shapely.to_wkb(shapely.Point(0, 0), byte_order=0)])}),
+            "geometry(Point,4326)",
+        ),
+    ],
+    ids=["multipolygon-after-null", "iso-z", "ewkb-z", "point", "only-nulls", "big-endian"],
+)
+def test_the_geometry_type_comes_from_the_wkb_headers(pool, schema, chunk, column_type):
+    with pool.connection() as conn:
+        columns = postgis.create_staging_table(conn, _new_staging(schema), chunk)
+    assert columns == {"geom": column_type}
+
+
+@pytest.mark.parametrize(
+    ("chunk", "message"),
+    [
+        (pa.table({"fid": [1], "geom": pa.array([None], pa.binary())}), "'fid' is reserved"),
+        (pa.table({"id": [1]}), "has no 'geom' column; put the geometries in a column named geom"),
+        (pa.table({"geom": ["POINT (0 0)"]}), "column 'geom' holds string values, not WKB"),
+        (pa.table({"geom": pa.array([b"\x07\x01\x00\x00\x00"])}), "values that are not WKB"),
+        (pa.table({"geom": pa.array([b"\x01\x01"])}), "values too short to be WKB"),
+        (
+            _wkb_chunk(shapely.MultiPoint([(0, 0)]), shapely.Point(0, 0)),
+            "holds MultiPoint, Point; promote every geometry to one simple type",
+        ),
+        (
+            _wkb_chunk(shapely.GeometryCollection([shapely.Point(0, 0)])),
+            "holds GeometryCollection; promote every geometry",
+        ),
+        (
+            pa.table({"span": pa.array([1], pa.duration("s")), "geom": pa.array([None], pa.binary())}),
+            "'span' holds duration",
+        ),
+    ],
+    ids=["fid", "no-geom", "wkt", "bad-byte-order", "short", "mixed-geometry", "collection", "duration"],
+)
+def test_unloadable_arrow_first_chunks_are_refused_with_a_fix(pool, schema, chunk, message):
+    staging = _new_staging(schema)
+    with pool.connection() as conn:
+        with pytest.raises(PermanentError, match=message):
+            postgis.create_staging_table(conn, staging, chunk)
+        assert not postgis.table_exists(conn, schema, staging.name)
+
+
+def test_a_later_arrow_chunk_of_another_geometry_type_is_refused_whole(pool, schema):
+    first = _wkb_chunk(shapely.MultiPoint([(0, 0)]))
+    later = _wkb_chunk(shapely.MultiPoint([(1, 1)]), shapely.Point(2, 2))
+    with pool.connection() as conn:
+        staging = _new_staging(schema)
+        postgis.create_staging_table(conn, staging, first)
+        with pytest.raises(PermanentError, match=r"chunk 'c1' into .*Geometry type \(Point\) does not match"):
+            postgis.load_chunk(conn, staging, later, chunk_key="c1")
+        assert _count(conn, staging) == 0 and _chunk_keys(conn, staging) == []
+
+
+def test_list_and_struct_columns_land_as_jsonb(pool, schema):
+    props = pa.struct([("name", pa.string()), ("n", pa.int64()), ("x", pa.float64()), ("day", pa.date32())])
+    chunk = pa.table(
+        {
+            "tags": pa.array([["a", "straße"], [], None, ["🌍", None]], pa.list_(pa.string())),
+            "nested": pa.array([[[1, 2], [3]], None, [[2**62]], []], pa.large_list(pa.list_(pa.int64()))),
+            "props": pa.array(
+                [
+                    {"name": 'q"uote', "n": -1, "x": 0.1 + 0.2, "day": dt.date(2020, 2, 29)},
+                    {"name": None, "n": None, "x": None, "day": None},
+                    None,
+                    {"name": "", "n": 0, "x": -0.0, "day": dt.date(1, 1, 1)},
+                ],
+                props,
+            ),
+            "geom": pa.array([shapely.to_wkb(shapely.MultiPoint([(i, i)])) for i in range(4)], pa.binary()),
+        }
+    )
+    with pool.connection() as conn:
+        staging = _new_staging(schema)
+        postgis.create_staging_table(conn, staging, chunk)
+        postgis.load_chunk(conn, staging, chunk, chunk_key="c0")
+        # A later chunk whose first rows had no values still fits: nulls go into jsonb.
+        nulls = {name: pa.nulls(1) for name in ("tags", "nested", "props")}
+        postgis.load_chunk(conn, staging, pa.table({**nulls, "geom": chunk["geom"][:1]}), chunk_key="c1")
+        rows = conn.execute(
+            psycopg.sql.SQL(
+                "SELECT tags, nested, props, props->>'x' AS x_text, jsonb_typeof(tags) AS kind "
+                "FROM {} ORDER BY fid"
+            ).format(staging.ident)
+        ).fetchall()
+    assert [r["tags"] for r in rows] == [["a", "straße"], [], None, ["🌍", None], None]
+    assert [r["nested"] for r in rows] == [[[1, 2], [3]], None, [[2**62]], [], None]
+    assert [r["props"] for r in rows] == [
+        {"name": 'q"uote', "n": -1, "x": 0.1 + 0.2, "day": "2020-02-29"},
+        {"name": None, "n": None, "x": None, "day": None},
+        None,
+        {"name": "", "n": 0, "x": -0.0, "day": "0001-01-01"},
+        None,
+    ]
+    assert rows[0]["x_text"] == "0.30000000000000004" and rows[0]["kind"] == "array"
+
+
+def test_a_list_column_in_a_later_chunk_lands_as_json_text_when_the_first_had_no_values(pool, schema):
+    geom = pa.array([shapely.to_wkb(shapely.MultiPoint([(0, 0)]))], pa.binary())
+    first = pa.table({"tags": pa.nulls(1), "geom": geom})
+    later = pa.table({"tags": pa.array([["a", "b"]]), "geom": geom})
+    with pool.connection() as conn:
+        staging = _new_staging(schema)
+        assert postgis.create_staging_table(conn, staging, first)["tags"] == "text"
+        postgis.load_chunk(conn, staging, later, chunk_key="c1")
+        row = conn.execute(psycopg.sql.SQL("SELECT tags FROM {}").format(staging.ident)).fetchone()
+    assert row["tags"] == '["a", "b"]'
+
+
+def test_nan_inside_a_list_is_refused_with_a_fix(pool, schema):
+    chunk = pa.table({"v": pa.array([[1.0, math.nan]]), "geom": pa.array([None], pa.binary())})
+    with pool.connection() as conn:
+        staging = _new_staging(schema)
+        postgis.create_staging_table(conn, staging, chunk)
+        with pytest.raises(PermanentError, match="column 'v' holds a list or object with NaN"):
+            postgis.load_chunk(conn, staging, chunk, chunk_key="c0")
+        assert _chunk_keys(conn, staging) == []
+
+
 # -- exactly once --------------------------------------------------------------------------------
 
 
-def test_thousands_of_points_and_polygons_load_with_their_exact_geometries(pool, schema):
+def test_thousands_of_points_and_polygons_load_with_their_exact_geometries(pool, schema, as_input):
     points, polygons = _points(5000), _polygons(3000)
     with pool.connection() as conn:
         for frame in (points, polygons):
-            staging = _stage(conn, schema, frame, table=frame.geom_type.iloc[0].lower())
+            staging = _stage(conn, schema, as_input(frame), table=frame.geom_type.iloc[0].lower())
             loaded = [
-                postgis.load_chunk(conn, staging, frame.iloc[start : start + 2000], chunk_key=f"c{start}")
+                postgis.load_chunk(
+                    conn, staging, as_input(frame.iloc[start : start + 2000]), chunk_key=f"c{start}"
+                )
                 for start in range(0, len(frame), 2000)
             ]
             assert sum(chunk.rows for chunk in loaded) == len(frame)
@@ -328,12 +518,12 @@ def test_thousands_of_points_and_polygons_load_with_their_exact_geometries(pool,
             assert [r["wkb"] for r in rows] == list(shapely.to_wkb(frame.geometry.array))
 
 
-def test_loading_a_chunk_twice_writes_its_rows_once(pool, schema):
+def test_loading_a_chunk_twice_writes_its_rows_once(pool, schema, as_input):
     frame = _points(500)
     with pool.connection() as conn:
-        staging = _stage(conn, schema, frame)
-        first = postgis.load_chunk(conn, staging, frame, chunk_key="chunk-0")
-        again = postgis.load_chunk(conn, staging, frame.iloc[:10], chunk_key="chunk-0")
+        staging = _stage(conn, schema, as_input(frame))
+        first = postgis.load_chunk(conn, staging, as_input(frame), chunk_key="chunk-0")
+        again = postgis.load_chunk(conn, staging, as_input(frame.iloc[:10]), chunk_key="chunk-0")
         assert (first.rows, first.already_loaded) == (500, False)
         assert (again.rows, again.already_loaded) == (500, True)  # the recorded count, not this frame's
         assert _count(conn, staging) == 500
@@ -359,8 +549,8 @@ def test_concurrent_loads_of_different_chunks_all_land(pool, schema):
         assert _chunk_keys(conn, staging) == [f"chunk-{i}" for i in range(8)]
 
 
-def test_concurrent_attempts_at_one_chunk_write_it_once(pool, schema):
-    frame = _points(20_000)
+def test_concurrent_attempts_at_one_chunk_write_it_once(pool, schema, as_input):
+    frame = as_input(_points(20_000))
     with pool.connection() as conn:
         staging = _stage(conn, schema, frame)
 
@@ -647,3 +837,65 @@ def test_corpus_wilderness_polygons_load_and_publish(pool, schema, corpus):
     assert published.rows == 67
     assert published.geometry_type == "MultiPolygon"
     assert published.bbox == pytest.approx(list(frame.total_bounds), abs=1e-9)
+
+
+# -- a prepared chunk ----------------------------------------------------------------------------
+
+
+def test_chunks_prepared_from_a_geopackage_load_and_publish_exactly(pool, schema, tmp_path):
+    source = gpd.GeoDataFrame(
+        {
+            "code": np.array([10, -(2**40), 0, 7, 2**62], dtype="int64"),
+            "Area km²": [0.1 + 0.2, 1 / 3, 2.5e-10, 1e-300, None],
+            "name": ["straße", "名前", "", None, "🌍"],
+            "open": [True, False, True, False, True],
+        },
+        geometry=[
+            shapely.box(0.1, 0.2, 0.3, 0.4),
+            shapely.MultiPolygon([shapely.box(1, 1, 2, 2), shapely.box(3, 3, 4, 4)]),
+            shapely.box(-180, -90, -179.5, -89.5),
+            shapely.box(179.5, 89.5, 180, 90),
+            shapely.box(1 / 3, 1 / 7, 2 / 3, 2 / 7),
+        ],
+        crs=4326,
+    )
+    path = tmp_path / "parcels.gpkg"
+    source.to_file(path, driver="GPKG")
+    chunks = [
+        prepare_batch(batch).table
+        for batch in read_batches(path, VectorFormat.GPKG, ConverterParams(), batch_size=2)
+    ]
+    assert len(chunks) == 3 and chunks[0].column_names[-1] == "geom"
+    target = Table(schema, "parcels")
+    with pool.connection() as conn:
+        staging = postgis.staging_table_for(target, "job-gpkg")
+        postgis.create_staging_table(conn, staging, chunks[0])
+        for i, chunk in enumerate(chunks):
+            postgis.load_chunk(conn, staging, chunk, chunk_key=f"c{i}")
+        published = postgis.publish_table(conn, staging, target)
+        with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
+            rows = cur.execute(
+                psycopg.sql.SQL(
+                    'SELECT code, "area_km²", name, open, ST_AsBinary(geom), ST_SRID(geom), '
+                    "GeometryType(geom) FROM {} ORDER BY fid"
+                ).format(target.ident)
+            ).fetchall()
+    assert published.rows == 5
+    assert published.geometry_type == "MultiPolygon"
+    assert published.columns == {
+        "fid": "bigint",
+        "code": "bigint",
+        "area_km²": "double precision",
+        "name": "text",
+        "open": "boolean",
+        "geom": "geometry(MultiPolygon,4326)",
+    }
+    assert published.bbox == pytest.approx([-180, -90, 180, 90], abs=0)
+    code, area, name, is_open, wkb, srid, kind = zip(*rows, strict=True)
+    assert list(code) == source["code"].tolist()
+    assert [_bits(v) for v in area] == [_bits(None if pd.isna(v) else v) for v in source["Area km²"]]
+    assert list(name) == ["straße", "名前", "", None, "🌍"]
+    assert list(is_open) == source["open"].tolist()
+    assert list(wkb) == [bytes(v) for chunk in chunks for v in chunk["geom"].to_pylist()]
+    assert shapely.equals(shapely.from_wkb(list(wkb)), source.geometry.array).all()
+    assert set(srid) == {4326} and set(kind) == {"MULTIPOLYGON"}
