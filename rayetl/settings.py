@@ -40,6 +40,20 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="When set, every API call but /api/health needs `Authorization: Bearer`."
     )
+    public_url: str | None = Field(
+        None,
+        description="Base URL people reach the API at, used in job results (default: http://api_host:api_port).",
+    )
+    data_schemas: list[str] = Field(
+        default_factory=lambda: ["geo"],
+        description='Database schemas whose tables /features serves, as JSON: ["geo"].',
+    )
+    max_source_bytes: int = Field(
+        2 * 1024**3, gt=0, description="Largest vector source file a job accepts (bytes)."
+    )
+    max_uncompressed_bytes: int = Field(
+        8 * 1024**3, gt=0, description="Largest decompressed size of a zip or KMZ source (bytes)."
+    )
     dashboard_port: int = Field(8265, description="Port of the Ray dashboard started by `up`.")
     ray_address: str | None = Field(
         None, description="Ray cluster to join; unset: the one `rayetl up` started, else a new one."
@@ -59,6 +73,11 @@ class Settings(BaseSettings):
         description="A job whose coordinator is gone and that has not moved for this long is resumed.",
     )
     janitor_max_resumes: int = Field(3, ge=0, description="Resumes of one attempt before failing it.")
+
+    @property
+    def base_url(self) -> str:
+        """Where the API answers, without a trailing slash."""
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def local_storage_root(self) -> Path:

@@ -12,8 +12,10 @@ from pydantic import BaseModel
 
 from rayetl.actors import retry
 from rayetl.actors.audit_buffer import AuditBuffer, StaleAttempt
+from rayetl.actors.cleanup import clean_up
 from rayetl.actors.schedule import check_plan, resume_index
 from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, resolve_handles, task_id
+from rayetl.actors.streamed_pair import StreamedPair
 from rayetl.errors import PermanentError
 from rayetl.models import JobRecord, JobStatus, StageProgress
 from rayetl.pipelines import get_job_type
@@ -66,13 +68,22 @@ class JobRunner:
             start = resume_index(job_type.stages, progress)
             self._announce_start(buffer, job, job_type, start)
             outputs = self._restore_outputs(pool, job_type, start, progress)
-            for index in range(start, len(job_type.stages)):
+            index = start
+            while index < len(job_type.stages):
                 stage = job_type.stages[index]
                 specs = self._plan(stage, params, outputs)
                 if not specs:
                     self._end_early(buffer, job_type, index, progress)
                     break
-                outputs[stage.name] = self._run_stage(pool, buffer, job_type, index, specs, progress)
+                if stage.streams:
+                    stream = StreamedPair(self, pool, buffer, job_type, index, params, outputs, progress)
+                    if not stream.run(specs):
+                        self._end_early(buffer, job_type, index + 1, progress)
+                        break
+                    index += 2
+                else:
+                    outputs[stage.name] = self._run_stage(pool, buffer, job_type, index, specs, progress)
+                    index += 1
             self.stage = "finalize"
             result = _as_json(job_type.finalize(params, outputs))
             status = JobStatus.COMPLETED
@@ -85,6 +96,8 @@ class JobRunner:
             logger.error("job %s failed: %s", job.id[:12], error, exc_info=not isinstance(exc, StageFailed))
             if self.stage in progress:
                 progress[self.stage].status = "failed"
+        if status is not JobStatus.COMPLETED:
+            clean_up(job_type, job, self._settings, buffer.event)
         self._finish(pool, buffer, status, result=result, error=error, progress=progress)
 
     def _announce_start(self, buffer: AuditBuffer, job: JobRecord, job_type: JobType, start: int) -> None:
@@ -126,53 +139,59 @@ class JobRunner:
         buffer.event("stage_empty", stage=stage.name, message="nothing to do: the job ends here")
         buffer.progress_changed()
 
-    def _run_stage(self, pool, buffer, job_type: JobType, index: int, specs: list[TaskSpec], progress):
+    def begin_stage(self, pool, buffer, job_type: JobType, index: int, specs, done=()) -> StageProgress:
+        """Record a stage's tasks and its start; returns its live progress."""
         stage = job_type.stages[index]
-        reuse = stage.durable and progress[stage.name].status != "pending"
-        with pool.connection() as conn:
-            done = audit.durable_outputs(conn, self._job_id, stage.name) if reuse else {}
-        to_run = [s for s in specs if s.key not in done]
-        new_tasks = [
+        self.add_tasks(pool, stage, index, [s for s in specs if s.key not in done], first_seq=0)
+        progress = StageProgress(status="running", total=len(specs), completed=len(done))
+        buffer.event("stage_started", stage=stage.name, tasks=len(specs), reused=len(done))
+        buffer.job(current_stage=stage.name, stage_index=index)
+        buffer.flush()
+        return progress
+
+    def add_tasks(self, pool, stage: Stage, index: int, specs: Sequence[TaskSpec], *, first_seq: int) -> None:
+        """Insert the rows of planned tasks (queued)."""
+        rows = [
             NewTask(
                 task_id(self._job_id, stage.name, s.key),
                 self._job_id,
                 stage.name,
                 index,
-                seq,
+                first_seq + seq,
                 s.key,
                 stage.run.__name__,
             )
             for seq, s in enumerate(specs)
-            if s.key not in done
         ]
         with pool.connection() as conn, conn.transaction():
-            audit.insert_tasks(conn, new_tasks)
-        stage_progress = progress[stage.name] = StageProgress(
-            status="running", total=len(specs), completed=len(done)
-        )
-        buffer.event("stage_started", stage=stage.name, tasks=len(specs), reused=len(done))
-        buffer.job(current_stage=stage.name, stage_index=index)
-        buffer.flush()
+            audit.insert_tasks(conn, rows)
 
-        run = StageRun(
-            self._job_id,
-            job_type.name,
-            self.attempt,
-            stage,
-            self._settings,
-            buffer,
-            stage_progress,
-            self._cancel,
-        )
-        run.handles.update(done)
-        run.run(to_run)
-
-        stage_progress.status = "completed"
+    def end_stage(self, buffer, stage: Stage, progress: StageProgress) -> None:
+        """Record that a stage completed."""
+        progress.status = "completed"
         buffer.progress_changed()
-        buffer.event("stage_completed", stage=stage.name, tasks=len(specs), retried=stage_progress.retried)
+        buffer.event("stage_completed", stage=stage.name, tasks=progress.total, retried=progress.retried)
         buffer.flush()
+
+    def stage_run(self, run_class, buffer, job_type: JobType, stage: Stage, progress: StageProgress):
+        """A StageRun (or subclass) for one stage of this job."""
+        return run_class(
+            self._job_id, job_type.name, self.attempt, stage, self._settings, buffer, progress, self._cancel
+        )
+
+    def _run_stage(self, pool, buffer, job_type: JobType, index: int, specs: list[TaskSpec], progress):
+        stage, started = job_type.stages[index], time.monotonic()
+        reuse = stage.durable and progress[stage.name].status != "pending"
+        with pool.connection() as conn:
+            done = audit.durable_outputs(conn, self._job_id, stage.name) if reuse else {}
+        stage_progress = progress[stage.name] = self.begin_stage(pool, buffer, job_type, index, specs, done)
+        run = self.stage_run(StageRun, buffer, job_type, stage, stage_progress)
+        run.handles.update(done)
+        run.run([s for s in specs if s.key not in done])
+        self.end_stage(buffer, stage, stage_progress)
         ordered = {s.key: run.handles[s.key] for s in specs}
-        return StageOutputs(ordered, summaries=run.summaries, resolve=resolve_handles)
+        elapsed = round(time.monotonic() - started, 3)
+        return StageOutputs(ordered, summaries=run.summaries, resolve=resolve_handles, elapsed_s=elapsed)
 
     def _finish(self, pool, buffer, status: JobStatus, *, result, error, progress) -> None:
         """Write the end of the job, retrying while the database is unreachable."""

@@ -1,14 +1,17 @@
 """The janitor: resumes or fails jobs whose coordinator is gone, after asking Ray, never on time alone."""
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
 
 import ray
 
+from rayetl.actors.cleanup import clean_up
 from rayetl.actors.runtime import JANITOR_NAME
-from rayetl.actors.submission import find_coordinator, start_coordinator
+from rayetl.actors.submission import find_coordinator, record_event, start_coordinator
 from rayetl.models import JobRecord, JobStatus
+from rayetl.pipelines import get_job_type
 from rayetl.settings import Settings
 from rayetl.store import audit
 from rayetl.store.db import open_pool
@@ -83,8 +86,10 @@ class Janitor:
             audit.finish_job(
                 conn, job.id, job.attempt, JobStatus.FAILED, error=reason, detail={"by": "janitor"}
             )
-            logger.error("job %s: %s", job.id[:12], reason)
-            return Decision(job.id, "failed", reason)
+        logger.error("job %s: %s", job.id[:12], reason)
+        record = functools.partial(record_event, self._pool, job)
+        clean_up(get_job_type(job.job_type), job, self._settings, record)
+        return Decision(job.id, "failed", reason)
 
 
 def ensure_janitor(settings: Settings):

@@ -77,40 +77,69 @@ class StageRun:
         self.summaries: dict[str, dict] = {}
         self._retries = RetryQueue()
         self._in_flight: dict[Any, _Launched] = {}
+        self._pending: deque[tuple[TaskSpec, int]] = deque()
 
     def run(self, specs: list[TaskSpec]) -> None:
         """Run every spec to completion; raises StageFailed or JobCancelled."""
-        pending = deque((spec, 1) for spec in specs)
+        self.add(specs)
         try:
-            while pending or self._in_flight or self._retries:
-                if self.cancel.is_set():
-                    raise JobCancelled()
-                pending.extend(self._retries.pop_due())
-                while pending and len(self._in_flight) < self.settings.max_tasks_in_flight:
-                    self._launch(*pending.popleft())
-                if self._in_flight:
-                    self._collect()
-                else:
-                    time.sleep(min(_WAIT_S, self._retries.seconds_to_next() or _WAIT_S))
-                self.buffer.maybe_flush()
+            while self.busy:
+                self.step()
         except BaseException:
-            for launched in self._in_flight.values():
-                ray.cancel(launched.data_ref, force=False, recursive=True)
+            self.stop()
             raise
 
-    def _launch(self, spec: TaskSpec, attempt: int) -> None:
-        ctx = TaskContext(
-            self.job_id, self.job_type, self.stage.name, spec.key, attempt, self.job_attempt, self.settings
+    @property
+    def busy(self) -> bool:
+        """Whether some task is waiting, running or due for a retry."""
+        return bool(self._pending or self._in_flight or self._retries)
+
+    @property
+    def backlog(self) -> int:
+        """Tasks added but not finished yet."""
+        return len(self._pending) + len(self._in_flight) + len(self._retries)
+
+    def add(self, specs: list[TaskSpec]) -> None:
+        """Queue more tasks; they start within the in-flight limit at the next step."""
+        self._pending.extend((spec, 1) for spec in specs)
+
+    def step(self, wait_s: float = _WAIT_S) -> None:
+        """Start what may start, settle what finished within wait_s; raises StageFailed/JobCancelled."""
+        if self.cancel.is_set():
+            raise JobCancelled()
+        self._pending.extend(self._retries.pop_due())
+        while self._pending and len(self._in_flight) < self.settings.max_tasks_in_flight:
+            self._launch(*self._pending.popleft())
+        if self._in_flight:
+            self._collect(wait_s)
+        elif self._retries:
+            time.sleep(min(wait_s, self._retries.seconds_to_next() or wait_s))
+        self.buffer.maybe_flush()
+
+    def stop(self) -> None:
+        """Cancel the tasks still running (the stage or the job ended without them)."""
+        for launched in self._in_flight.values():
+            ray.cancel(launched.data_ref, force=False, recursive=True)
+        self._in_flight.clear()
+        self._pending.clear()
+        self._retries = RetryQueue()
+
+    def _context(self, key: str, attempt: int) -> TaskContext:
+        return TaskContext(
+            self.job_id, self.job_type, self.stage.name, key, attempt, self.job_attempt, self.settings
         )
+
+    def _launch(self, spec: TaskSpec, attempt: int) -> None:
+        ctx = self._context(spec.key, attempt)
         data_ref, report_ref = execute_task.options(
             name=task_name(self.job_type, self.stage.name, spec.key), num_cpus=self.stage.num_cpus
         ).remote(self.stage.run, ctx, self.stage.durable, *spec.args, **spec.kwargs)
         self._in_flight[report_ref] = _Launched(spec, attempt, data_ref)
-        self._record(spec.key, TaskStatus.RUNNING, attempt, started_at=datetime.now(UTC))
+        self._record(spec.key, TaskStatus.RUNNING, attempt, started_at=self._now())
 
-    def _collect(self) -> None:
-        """Settle whatever finished within a short wait, in completion order."""
-        ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=_WAIT_S)
+    def _collect(self, wait_s: float) -> None:
+        """Settle whatever finished within wait_s, in completion order."""
+        ready, _ = ray.wait(list(self._in_flight), num_returns=len(self._in_flight), timeout=wait_s)
         for report_ref in ready:
             launched = self._in_flight.pop(report_ref)
             try:
@@ -125,6 +154,10 @@ class StageRun:
         # Durable outputs are plain values from here on; others stay in the object store.
         self.handles[key] = report["output"] if self.stage.durable else launched.data_ref
         self.summaries[key] = report["summary"]
+        self._record_completed(launched, report)
+
+    def _record_completed(self, launched: _Launched, report: dict[str, Any]) -> None:
+        key = launched.spec.key
         self.progress.completed += 1
         self._record(
             key,
@@ -175,6 +208,10 @@ class StageRun:
             error=message,
         )
         raise StageFailed(f"task {key!r} failed after {attempt} attempt(s): {message}") from exc
+
+    @staticmethod
+    def _now() -> datetime:
+        return datetime.now(UTC)
 
     def _record(self, key: str, status: TaskStatus, attempt: int, **fields: Any) -> None:
         self.buffer.task(TaskUpdate(task_id(self.job_id, self.stage.name, key), status, attempt, **fields))

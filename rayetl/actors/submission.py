@@ -1,5 +1,6 @@
 """Submitting, cancelling, retrying and waiting for jobs: the only way in to the engine."""
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ import ray
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
+from rayetl.actors.cleanup import clean_up
 from rayetl.actors.coordinator import JobCoordinator
 from rayetl.actors.runtime import coordinator_name
 from rayetl.errors import Conflict, InvalidRequest, NotFound
@@ -140,6 +142,8 @@ def cancel_job(job_id: str, *, settings: Settings, pool: ConnectionPool, timeout
         audit.finish_job(
             conn, job.id, job.attempt, JobStatus.CANCELLED, error="cancelled by request", detail={"by": "api"}
         )
+    clean_up(get_job_type(job.job_type), job, settings, functools.partial(record_event, pool, job))
+    with pool.connection() as conn:
         return audit.get_job(conn, job_id)
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
-from rayetl.pipelines.contract import TaskContext, task_context
+from rayetl.errors import PermanentError
+from rayetl.pipelines.contract import StreamItem, TaskContext, task_context
 
-__all__ = ["execute_task", "summarize_output"]
+__all__ = ["execute_stream_task", "execute_task", "summarize_output"]
 
 _MAX_INLINE_SUMMARY_BYTES = 2_000
 
@@ -43,12 +44,37 @@ def execute_task(
     with task_context(ctx):
         output = fn(*args, **kwargs)
     finished = time.time()
-    report = {
+    return output, _report(
+        started, finished, summarize_output(output), _durable_value(output) if durable else None
+    )
+
+
+@ray.remote(max_retries=0, num_returns="streaming")
+def execute_stream_task(fn: Callable[..., Any], ctx: TaskContext, *args: Any, **kwargs: Any):
+    """Run the generator fn as ctx, streaming each item to the caller as two objects.
+
+    Per item: first a small {"item": key, "summary": ...} the coordinator reads, then the data it
+    never fetches (it hands the ref to the next stage; the caller owns it). Last: {"report": ...}.
+    """
+    started, items = time.time(), 0
+    with task_context(ctx):
+        for item in fn(*args, **kwargs):
+            if not isinstance(item, StreamItem):
+                raise PermanentError(
+                    f"{fn.__name__} yielded a {type(item).__name__}; a streaming stage yields StreamItem"
+                )
+            yield {"item": item.key, "summary": summarize_output(dict(item.summary))}
+            yield item.data
+            items += 1
+    yield {"report": _report(started, time.time(), {"items": items}, None)}
+
+
+def _report(started: float, finished: float, summary: dict[str, Any], output: Any) -> dict[str, Any]:
+    return {
         "started_at": started,
         "finished_at": finished,
         "node": ray.get_runtime_context().get_node_id()[:12],
         "worker": f"pid {os.getpid()}",
-        "summary": summarize_output(output),
-        "output": _durable_value(output) if durable else None,
+        "summary": summary,
+        "output": output,
     }
-    return output, report

@@ -6,6 +6,7 @@ from types import MappingProxyType
 from rayetl.errors import NotFound
 from rayetl.pipelines.contract import JobContractError, JobType
 from rayetl.pipelines.hello_world import HELLO_WORLD
+from rayetl.pipelines.ingest_vector import INGEST_VECTOR
 from rayetl.pipelines.list_container_contents import LIST_CONTAINER_CONTENTS
 from rayetl.pipelines.summarize_container import SUMMARIZE_CONTAINER
 
@@ -22,7 +23,7 @@ def build_registry(job_types: Iterable[JobType]) -> Mapping[str, JobType]:
     return MappingProxyType(registry)
 
 
-JOB_TYPES = build_registry([HELLO_WORLD, LIST_CONTAINER_CONTENTS, SUMMARIZE_CONTAINER])
+JOB_TYPES = build_registry([HELLO_WORLD, LIST_CONTAINER_CONTENTS, SUMMARIZE_CONTAINER, INGEST_VECTOR])
 
 
 def get_job_type(name: str) -> JobType:

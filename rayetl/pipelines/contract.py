@@ -21,6 +21,7 @@ __all__ = [
     "JobType",
     "Stage",
     "StageOutputs",
+    "StreamItem",
     "TaskContext",
     "TaskSpec",
     "current_task",
@@ -88,6 +89,7 @@ class StageOutputs:
 
     Values are opaque handles (Ray ObjectRefs, or plain values for durable stages): pass them on
     as task arguments as they are, and call values() only when planning needs the data itself.
+    summaries are the tasks' small JSON summaries by key, elapsed_s the stage's wall time.
     """
 
     def __init__(
@@ -96,9 +98,11 @@ class StageOutputs:
         *,
         summaries: Mapping[str, dict] | None = None,
         resolve: Callable[[list], list] | None = None,
+        elapsed_s: float | None = None,
     ):
         self._outputs = dict(outputs)
         self.summaries = dict(summaries or {})
+        self.elapsed_s = elapsed_s  # the stage's wall time; None when it ran before a resume
         self._resolve = resolve or (lambda handles: list(handles))
 
     def __len__(self) -> int:
@@ -121,6 +125,15 @@ class StageOutputs:
         return self._resolve(self.handles())
 
 
+@dataclass(frozen=True)
+class StreamItem:
+    """One output a streaming stage's task yields: a key unique in its stage, the data, a JSON summary."""
+
+    key: str
+    data: Any
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+
 PlanFn = Callable[[Any, Mapping[str, StageOutputs]], Sequence[TaskSpec]]
 
 
@@ -131,6 +144,10 @@ class Stage:
     empty_ok: a plan with no tasks ends the job early as a success (e.g. "no files matched");
         otherwise an empty plan fails the job.
     durable: outputs are small JSON values kept in Postgres, so a resumed job need not redo it.
+    streams: run is a generator of StreamItem; each item goes to the next stage as soon as it is
+        yielded (the next stage's plan is called with outputs[<this stage>] holding just the new
+        items), so the two stages overlap and no worker holds all the data. Afterwards only the
+        items' summaries remain: their data was handed on once.
     """
 
     name: str
@@ -138,19 +155,26 @@ class Stage:
     run: Callable[..., Any] | None = None
     empty_ok: bool = False
     durable: bool = False
+    streams: bool = False
     num_cpus: float = 1.0
     description: str = ""
 
 
 @dataclass(frozen=True)
 class JobType:
-    """A job type: params model, ordered stages, optional preflight, and finalize."""
+    """A job type: params model, ordered stages, optional preflight, and finalize.
+
+    cleanup(params, job_id, settings), when given, removes what a failed or cancelled attempt
+    left half-done (e.g. a staging table); it runs once the attempt has ended and must be
+    idempotent.
+    """
 
     name: str
     params: type[JobParams] | None = None
     stages: tuple[Stage, ...] = ()
     finalize: Callable[[Any, Mapping[str, StageOutputs]], Any] | None = None
     preflight: Callable[[Any, Settings], None] | None = None
+    cleanup: Callable[[Any, str, Settings], None] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -199,8 +223,10 @@ def _contract_problems(job: JobType) -> Iterator[str]:
         yield "finalize must accept (params, outputs)"
     if job.preflight is not None and not _takes_positional(job.preflight, 2):
         yield "preflight must accept (params, settings)"
+    if job.cleanup is not None and not _takes_positional(job.cleanup, 3):
+        yield "cleanup must accept (params, job_id, settings)"
     seen = set()
-    for stage in job.stages:
+    for index, stage in enumerate(job.stages):
         if not isinstance(stage, Stage):
             yield f"stages must be Stage objects, got {type(stage).__name__}"
             continue
@@ -224,3 +250,17 @@ def _contract_problems(job: JobType) -> Iterator[str]:
             yield f"stage {stage.name!r}: run must be a module-level function"
         if stage.num_cpus < 0:
             yield f"stage {stage.name!r}: num_cpus must be >= 0"
+        if stage.streams:
+            yield from _streaming_problems(job.stages, index)
+
+
+def _streaming_problems(stages: tuple[Stage, ...], index: int) -> Iterator[str]:
+    stage = stages[index]
+    if callable(stage.run) and not inspect.isgeneratorfunction(stage.run):
+        yield f"stage {stage.name!r} streams: run must be a generator function yielding StreamItem"
+    if stage.durable:
+        yield f"stage {stage.name!r} streams: its items live in the object store, so it cannot be durable"
+    if index == len(stages) - 1:
+        yield f"stage {stage.name!r} streams: a later stage must consume its items"
+    elif stages[index + 1].streams:
+        yield f"stage {stage.name!r} streams into {stages[index + 1].name!r}, which streams too (unsupported)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -152,6 +153,33 @@ class Container:
         full = self._file(path)
         with self._not_found(path):
             self.fs.rm_file(full)
+
+    @contextmanager
+    def local_path(self, path: str, *, siblings: bool = False) -> Iterator[str]:
+        """A local file path of `path` for libraries that want one (GDAL, pyogrio).
+
+        A local container gives its own file; a remote one downloads it to a temporary folder
+        (with siblings=True, every file sharing its stem too, e.g. a Shapefile's .dbf and .shx).
+        """
+        full = self._file(path)
+        if self._real_root is not None:
+            if not os.path.isfile(full):
+                with self._not_found(path):
+                    raise FileNotFoundError(full)
+            yield full
+            return
+        rel = self._relative(path)
+        stem = rel.rpartition(".")[0] if siblings else rel
+        with tempfile.TemporaryDirectory(prefix="rayetl-") as tmp:
+            wanted = [rel]
+            if siblings:
+                folder = rel.rpartition("/")[0]
+                wanted = [
+                    i.path for i in self.list(folder + "/" if folder else "") if i.path.startswith(stem + ".")
+                ]
+            for name in wanted or [rel]:
+                self.get_file(name, os.path.join(tmp, name.rpartition("/")[2]))
+            yield os.path.join(tmp, rel.rpartition("/")[2])
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file inside the container, replacing `dst`."""

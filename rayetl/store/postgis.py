@@ -4,10 +4,11 @@ Every function commits its own work and leaves an idle connection idle. Given a 
 already inside a transaction, its blocks become savepoints and the caller's commit decides.
 """
 
+import functools
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,9 +38,11 @@ __all__ = [
     "create_staging_table",
     "describe_table",
     "drop_staging",
+    "forget_published",
     "list_staging_tables",
     "load_chunk",
     "publish_table",
+    "published_by",
     "staging_table_for",
     "table_exists",
 ]
@@ -150,10 +153,18 @@ def create_staging_table(conn: Connection, staging: Table, first_chunk: Chunk) -
     return columns
 
 
-def load_chunk(conn: Connection, staging: Table, chunk: Chunk, *, chunk_key: str) -> ChunkLoaded:
+def load_chunk(
+    conn: Connection,
+    staging: Table,
+    chunk: Chunk,
+    *,
+    chunk_key: str,
+    before_commit: Callable[[], None] | None = None,
+) -> ChunkLoaded:
     """Binary-COPY one chunk into the staging table, exactly once per chunk key.
 
     The COPY rows are encoded from the chunk's Arrow columns and WKB bytes; no geometry is parsed.
+    before_commit runs after the COPY, inside its transaction (tests crash the worker there).
     """
     where = f"chunk {chunk_key!r}"
     table = as_arrow_chunk(chunk, where)
@@ -179,6 +190,8 @@ def load_chunk(conn: Connection, staging: Table, chunk: Chunk, *, chunk_key: str
             return ChunkLoaded(staging=str(staging), chunk_key=chunk_key, rows=rows, already_loaded=True)
         if table.num_rows:
             _copy(conn, staging, list(columns), arrays, chunk_key)
+        if before_commit is not None:
+            before_commit()
     logger.debug("chunk %s: %d rows copied into %s", chunk_key, table.num_rows, staging)
     return ChunkLoaded(staging=str(staging), chunk_key=chunk_key, rows=table.num_rows, already_loaded=False)
 
@@ -192,25 +205,36 @@ def publish_table(
     spatial_index: bool = True,
     attribute_indexes: Sequence[str] = (),
     temporal_indexes: Sequence[str] = (),
+    job_id: str = "",
 ) -> TablePublished:
-    """Index and analyze the staging table, then make it the target in one transaction."""
+    """Index and analyze the staging table, then make it the target in one transaction.
+
+    The publish is recorded in rayetl.published_tables (with job_id) in that same transaction, so
+    the same job publishing again after a lost acknowledgement finds its work done.
+    """
     if if_exists not in ("fail", "replace", "append"):
         raise ValueError(f"if_exists must be 'fail', 'replace' or 'append', not {if_exists!r}")
     if staging.schema != target.schema:
         raise ValueError(f"staging table {staging} must be in the schema of its target {target}")
     with conn.transaction():
+        done_before = job_id and not _exists(conn, staging) and published_by(conn, target) == job_id
+    if done_before:
+        logger.info("%s was published by job %s already; its staging table is gone", target, job_id[:12])
+        return describe_table(conn, target)
+    with conn.transaction():
         columns = _staging_columns(conn, staging)
         exists = _exists(conn, target)
+    record = functools.partial(_record_publish, target=target, job_id=job_id, mode=if_exists)
     indexed = _indexed_columns(columns, spatial_index, attribute_indexes, temporal_indexes)
     if exists and if_exists == "fail":
         raise Conflict(_exists_message(target))  # before the index builds: they would be wasted
     if exists and if_exists == "append":
-        _append(conn, staging, target, columns, indexed)
+        _append(conn, staging, target, columns, indexed, record)
     else:
         _create_indexes(conn, staging, indexed)
         with conn.transaction():
             conn.execute(sql.SQL("ANALYZE {}").format(staging.ident))
-        _swap(conn, staging, target, indexed, replace=if_exists == "replace")
+        _swap(conn, staging, target, indexed, record, replace=if_exists == "replace")
     published = describe_table(conn, target)
     logger.info("published %s (%s): %d rows", target, if_exists, published.rows)
     return published
@@ -329,8 +353,42 @@ def _create_indexes(conn: Connection, table: Table, indexed: list[tuple[str, str
             ) from exc
 
 
+def published_by(conn: Connection, target: Table) -> str | None:
+    """The id of the job that last published target, or None when rayetl did not publish it."""
+    rows = _fetch(
+        conn,
+        "SELECT job_id FROM rayetl.published_tables WHERE schema_name = %s AND table_name = %s",
+        (target.schema, target.name),
+    )
+    return rows[0][0] if rows else None
+
+
+def forget_published(conn: Connection, target: Table) -> None:
+    """Remove target from rayetl.published_tables (it was dropped)."""
+    conn.execute(
+        "DELETE FROM rayetl.published_tables WHERE schema_name = %s AND table_name = %s",
+        (target.schema, target.name),
+    )
+
+
+def _record_publish(conn: Connection, *, target: Table, job_id: str, mode: str) -> None:
+    conn.execute(
+        """INSERT INTO rayetl.published_tables (schema_name, table_name, job_id, mode, published_at)
+           VALUES (%s, %s, %s, %s, now())
+           ON CONFLICT (schema_name, table_name)
+           DO UPDATE SET job_id = excluded.job_id, mode = excluded.mode, published_at = now()""",
+        (target.schema, target.name, job_id, mode),
+    )
+
+
 def _swap(
-    conn: Connection, staging: Table, target: Table, indexed: list[tuple[str, str]], *, replace: bool
+    conn: Connection,
+    staging: Table,
+    target: Table,
+    indexed: list[tuple[str, str]],
+    record: Callable[[Connection], None],
+    *,
+    replace: bool,
 ) -> None:
     """Rename staging to target (dropping an old target first) and its indexes after it."""
     renamed = ["pkey", *(f"{column}_idx" for column, _ in indexed)]
@@ -357,6 +415,7 @@ def _swap(
                 )
             )
             _forget_chunks(conn, staging)
+            record(conn)
     except errors.DuplicateTable as exc:  # created by someone else since the check above
         raise Conflict(_exists_message(target)) from exc
     except errors.DependentObjectsStillExist as exc:
@@ -366,7 +425,12 @@ def _swap(
 
 
 def _append(
-    conn: Connection, staging: Table, target: Table, ours: dict[str, str], indexed: list[tuple[str, str]]
+    conn: Connection,
+    staging: Table,
+    target: Table,
+    ours: dict[str, str],
+    indexed: list[tuple[str, str]],
+    record: Callable[[Connection], None],
 ) -> None:
     """Insert the staging rows into the existing target, then drop the staging table."""
     with conn.transaction():
@@ -391,6 +455,7 @@ def _append(
         _create_indexes(conn, target, indexed)
         conn.execute(sql.SQL("DROP TABLE {}").format(staging.ident))
         _forget_chunks(conn, staging)
+        record(conn)
         conn.execute(sql.SQL("ANALYZE {}").format(target.ident))
 
 
