@@ -93,6 +93,7 @@ class StreamedPair:
         started_consumer = False
         while producer.busy or consumer.busy:
             producer.room = self.window - consumer.backlog
+            self._runner.stage = self.producer_stage.name  # the stage a failure is reported in
             producer.step(_PRODUCER_WAIT_S if consumer.busy else 0.1)
             if not producer.busy and producer.progress.status != "completed":
                 self._runner.end_stage(self._buffer, self.producer_stage, producer.progress)

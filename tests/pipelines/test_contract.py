@@ -5,7 +5,7 @@ from pydantic import ConfigDict
 
 from rayetl.errors import NotFound
 from rayetl.pipelines import JOB_TYPES, build_registry, get_job_type
-from rayetl.pipelines.contract import JobContractError, JobParams, JobType, Stage, TaskSpec
+from rayetl.pipelines.contract import JobContractError, JobParams, JobType, Stage, StreamItem, TaskSpec
 from rayetl.pipelines.hello_world import HELLO_WORLD
 
 
@@ -25,6 +25,13 @@ def _finalize(params, outputs):
     return {}
 
 
+def _stream():
+    yield StreamItem("a", 1)
+
+
+_CONSUMER = Stage("two", plan=_plan, run=_run)
+
+
 def _job(**overrides) -> JobType:
     fields = dict(
         name="sample", params=_Params, stages=(Stage("one", plan=_plan, run=_run),), finalize=_finalize
@@ -35,6 +42,11 @@ def _job(**overrides) -> JobType:
 
 def test_complete_job_type_is_accepted():
     assert _job().stage_names == ["one"]
+
+
+def test_streaming_stage_feeding_a_consumer_is_accepted():
+    stages = (Stage("one", plan=_plan, run=_stream, streams=True), _CONSUMER)
+    assert _job(stages=stages, cleanup=lambda params, job_id, settings: None).stage_names == ["one", "two"]
 
 
 @pytest.mark.parametrize(
@@ -53,6 +65,26 @@ def test_complete_job_type_is_accepted():
         ({"name": "Bad Name"}, "the name must be lower-case"),
         ({"finalize": lambda params: {}}, "finalize must accept (params, outputs)"),
         ({"preflight": lambda: None}, "preflight must accept (params, settings)"),
+        ({"cleanup": lambda params: None}, "cleanup must accept (params, job_id, settings)"),
+        (
+            {"stages": (Stage("one", plan=_plan, run=_run, streams=True), _CONSUMER)},
+            "run must be a generator function",
+        ),
+        (
+            {"stages": (Stage("one", plan=_plan, run=_stream, streams=True, durable=True), _CONSUMER)},
+            "cannot be durable",
+        ),
+        ({"stages": (Stage("one", plan=_plan, run=_stream, streams=True),)}, "a later stage must consume"),
+        (
+            {
+                "stages": (
+                    Stage("one", plan=_plan, run=_stream, streams=True),
+                    Stage("two", plan=_plan, run=_stream, streams=True),
+                    Stage("three", plan=_plan, run=_run),
+                )
+            },
+            "which streams too",
+        ),
     ],
 )
 def test_incomplete_job_type_fails_at_definition_naming_the_part(overrides, message):

@@ -3,14 +3,14 @@
 import shutil
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
 import pytest
 import shapely
-import geopandas as gpd
-from conftest import CORPUS
+from conftest import wait_until
 
-from rayetl.store import pgstac
+from rayetl.store import audit, pgstac, postgis
 
 JOB = "/api/jobs/ingest_vector"
 
@@ -37,11 +37,7 @@ def table_rows(pool, table: str) -> int:
 
 def staging_tables(pool, schema: str = "geo") -> list[str]:
     with pool.connection() as conn:
-        rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE '\\_rayetl\\_stage\\_%%'",
-            (schema,),
-        ).fetchall()
-    return [r["tablename"] for r in rows]
+        return postgis.list_staging_tables(conn, schema)
 
 
 @pytest.fixture
@@ -71,3 +67,88 @@ def test_gpkg_points_load_in_several_chunks(api, settings, pool, wait_for_job, p
     assert staging_tables(pool) == []
     item = pgstac.get_item(settings, "system-vectors", f"geo.{table}")
     assert item["properties"]["table:row_count"] == 5_000
+
+
+def events_of(pool, job_id: str) -> list[str]:
+    with pool.connection() as conn:
+        return [e.event for e in audit.list_events(conn, job_id, limit=1000, offset=0)]
+
+
+def open_tasks(pool, job_id: str) -> int:
+    with pool.connection() as conn:
+        counts = audit.count_tasks_by_status(conn, job_id)
+    return counts.get("queued", 0) + counts.get("running", 0)
+
+
+@pytest.mark.parametrize(
+    "fault", ["crash_upload_after_commit", "crash_upload_before_commit", "crash_prepare_after_first_chunk"]
+)
+def test_each_chunk_is_written_exactly_once_when_a_worker_dies(
+    api, settings, pool, wait_for_job, points_gpkg, unique, fault
+):
+    # after commit: the retry finds its chunk key and skips; before commit (mid-COPY): the
+    # transaction died with the worker and the retry writes it; prepare: the re-read yields the
+    # chunks again and those already handed on are dropped.
+    blob = put(settings, points_gpkg, f"{unique}/points.gpkg")
+    table = f"crash_{unique}"
+    job_id = submit(api, blob_name=blob, table_name=table, chunk_size=1000, inject_faults=[fault])
+    job = wait_for_job(job_id, timeout_s=180)
+    assert job.status == "completed", job.error
+    assert table_rows(pool, f"geo.{table}") == 5_000 == job.result["rows_loaded"]
+    assert "task_retried" in events_of(pool, job_id)
+    assert staging_tables(pool) == []
+
+
+def test_a_failure_after_the_first_chunks_drops_the_staging_table(api, settings, pool, wait_for_job, unique):
+    rows = ["id,lat,lon"] + [f"{i},{i % 80},{i % 170}" for i in range(3_000)] + ["3000,95.5,10"]
+    blob = f"{unique}/late_error.csv"
+    path = settings.local_storage_root / settings.default_container / blob
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    table = f"late_{unique}"
+    job_id = submit(
+        api,
+        blob_name=blob,
+        table_name=table,
+        chunk_size=500,
+        converter_params={"lat_name": "lat", "lon_name": "lon"},
+    )
+    job = wait_for_job(job_id, timeout_s=120)
+    assert job.status == "failed"
+    assert job.error.startswith("stage 'prepare'"), job.error
+    assert "row 3001: latitude 95.5" in job.error, job.error  # the 3,001st feature
+    assert "cleaned_up" in events_of(pool, job_id)
+    assert staging_tables(pool) == []
+    with pool.connection() as conn:
+        assert not postgis.table_exists(conn, "geo", table)
+    assert open_tasks(pool, job_id) == 0
+
+
+def test_cancel_mid_load_leaves_no_table_and_no_open_task(
+    api, settings, pool, wait_for_job, tmp_path, unique
+):
+    n = 200_000
+    rng = np.random.default_rng(3)
+    frame = gpd.GeoDataFrame(
+        {"value": rng.random(n)}, geometry=shapely.points(rng.random(n), rng.random(n)), crs="EPSG:4326"
+    )
+    source = tmp_path / "many.gpkg"
+    pyogrio.write_dataframe(frame, source)
+    blob = put(settings, source, f"{unique}/many.gpkg")
+    table = f"cancelled_{unique}"
+    job_id = submit(api, blob_name=blob, table_name=table, chunk_size=500)
+
+    def uploading():
+        job = api.get(f"/api/jobs/{job_id}").json()
+        return job["stage_progress"].get("upload", {}).get("completed", 0) > 0
+
+    wait_until(uploading, timeout_s=120, what="the first chunks to be uploaded")
+    response = api.post(f"/api/jobs/{job_id}/cancel")
+    assert response.status_code == 200, response.text
+    job = wait_for_job(job_id, timeout_s=60)
+    assert job.status == "cancelled"
+    assert open_tasks(pool, job_id) == 0
+    assert "cleaned_up" in events_of(pool, job_id)
+    assert staging_tables(pool) == []
+    with pool.connection() as conn:
+        assert not postgis.table_exists(conn, "geo", table)
