@@ -8,7 +8,9 @@ from rayetl.pipelines.contract import JobContractError, JobType
 from rayetl.pipelines.hello_world import HELLO_WORLD
 from rayetl.pipelines.ingest_vector import INGEST_VECTOR
 from rayetl.pipelines.list_container_contents import LIST_CONTAINER_CONTENTS
+from rayetl.pipelines.stac_catalog_vectors import STAC_CATALOG_VECTORS
 from rayetl.pipelines.summarize_container import SUMMARIZE_CONTAINER
+from rayetl.pipelines.unpublish_vector import UNPUBLISH_VECTOR
 
 __all__ = ["JOB_TYPES", "build_registry", "get_job_type"]
 
@@ -23,7 +25,16 @@ def build_registry(job_types: Iterable[JobType]) -> Mapping[str, JobType]:
     return MappingProxyType(registry)
 
 
-JOB_TYPES = build_registry([HELLO_WORLD, LIST_CONTAINER_CONTENTS, SUMMARIZE_CONTAINER, INGEST_VECTOR])
+JOB_TYPES = build_registry(
+    [
+        HELLO_WORLD,
+        LIST_CONTAINER_CONTENTS,
+        SUMMARIZE_CONTAINER,
+        INGEST_VECTOR,
+        STAC_CATALOG_VECTORS,
+        UNPUBLISH_VECTOR,
+    ]
+)
 
 
 def get_job_type(name: str) -> JobType:

@@ -3,11 +3,11 @@
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from rayetl.errors import Conflict, InvalidRequest
+from rayetl.errors import Conflict, InvalidRequest, NotFound
 from rayetl.pipelines.contract import JobParams
 from rayetl.pipelines.vector_prepare import GeometryParams
 from rayetl.pipelines.vector_source import (
@@ -25,9 +25,12 @@ from rayetl.store.objects import normalize_path, open_container
 
 __all__ = [
     "FAULTS",
+    "Identifier",
     "IndexParams",
     "IngestVectorParams",
+    "TableParams",
     "check_target",
+    "require_table",
     "inspect_source",
     "source_file",
 ]
@@ -35,6 +38,25 @@ __all__ = [
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _IDENTIFIER_RULE = "lower-case letters, digits and '_', starting with a letter or '_', at most 63 characters"
 _COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _check_identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError(f"{value!r} is not a valid name: use {_IDENTIFIER_RULE}")
+    if value.startswith(postgis.STAGING_PREFIX):
+        raise ValueError(f"names starting with {postgis.STAGING_PREFIX!r} are rayetl's staging tables")
+    return value
+
+
+def _check_collection_id(value: str) -> str:
+    if not _COLLECTION_ID.match(value):
+        raise ValueError(f"{value!r} is not a collection id: use letters, digits, '_', '.' and '-'")
+    return value
+
+
+CollectionId = Annotated[str, AfterValidator(_check_collection_id)]
+# A schema or table name rayetl creates: no quoting needed, never a staging table's name.
+Identifier = Annotated[str, AfterValidator(_check_identifier)]
 # Test only: faults injected on a task's first attempt, to prove chunks are written exactly once.
 FAULTS = ("crash_prepare_after_first_chunk", "crash_upload_before_commit", "crash_upload_after_commit")
 
@@ -64,8 +86,8 @@ class IngestVectorParams(JobParams):
     file_extension: str | None = Field(
         None, description="Format, when the name's extension is missing or wrong (csv, geojson, gpkg, ...)."
     )
-    table_name: str = Field(..., description=f"Target table: {_IDENTIFIER_RULE}.")
-    schema_name: str = Field("geo", alias="schema", description=f"Target schema: {_IDENTIFIER_RULE}.")
+    table_name: Identifier = Field(..., description=f"Target table: {_IDENTIFIER_RULE}.")
+    schema_name: Identifier = Field("geo", alias="schema", description=f"Target schema: {_IDENTIFIER_RULE}.")
     chunk_size: int | None = Field(
         None, ge=100, le=2_000_000, description="Features per chunk (default: chosen from the file)."
     )
@@ -76,7 +98,7 @@ class IngestVectorParams(JobParams):
     if_exists: Literal["fail", "replace", "append"] = Field(
         "fail", description="When the table exists: fail, replace it atomically, or append to it."
     )
-    collection_id: str = Field("system-vectors", description="STAC collection of the table's item.")
+    collection_id: CollectionId = Field("system-vectors", description="STAC collection of the table's item.")
     inject_faults: list[Literal[FAULTS]] = Field(  # type: ignore[valid-type]
         default_factory=list, description="Test only: crash a task's first attempt at a chosen point."
     )
@@ -99,27 +121,11 @@ class IngestVectorParams(JobParams):
         except InvalidRequest as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("table_name", "schema_name")
-    @classmethod
-    def _check_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
-            raise ValueError(f"{value!r} is not a valid name: use {_IDENTIFIER_RULE}")
-        if value.startswith(postgis.STAGING_PREFIX):
-            raise ValueError(f"names starting with {postgis.STAGING_PREFIX!r} are rayetl's staging tables")
-        return value
-
     @field_validator("source_crs")
     @classmethod
     def _check_crs(cls, value: str | None) -> str | None:
         if value is not None:
             parse_crs(value, "source_crs")
-        return value
-
-    @field_validator("collection_id")
-    @classmethod
-    def _check_collection(cls, value: str) -> str:
-        if not _COLLECTION_ID.match(value):
-            raise ValueError(f"{value!r} is not a collection id: use letters, digits, '_', '.' and '-'")
         return value
 
     @model_validator(mode="after")
@@ -139,6 +145,29 @@ class IngestVectorParams(JobParams):
     def target(self) -> postgis.Table:
         """The table the job publishes."""
         return postgis.Table(self.schema_name, self.table_name)
+
+
+class TableParams(JobParams):
+    """A published table, named by schema and table."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
+    table_name: Identifier = Field(..., description="The table.")
+    schema_name: Identifier = Field("geo", alias="schema", description="Its schema.")
+    collection_id: CollectionId = Field("system-vectors", description="STAC collection of the table's item.")
+
+    @property
+    def target(self) -> postgis.Table:
+        """The table."""
+        return postgis.Table(self.schema_name, self.table_name)
+
+
+def require_table(params: TableParams, settings: Settings) -> None:
+    """NotFound when the table does not exist."""
+    with connect(settings) as conn:
+        exists = postgis.table_exists(conn, params.schema_name, params.table_name)
+    if not exists:
+        raise NotFound(f"table {params.target} does not exist; check schema and table_name")
 
 
 @contextmanager

@@ -152,3 +152,53 @@ def test_cancel_mid_load_leaves_no_table_and_no_open_task(
     assert staging_tables(pool) == []
     with pool.connection() as conn:
         assert not postgis.table_exists(conn, "geo", table)
+
+
+def test_catalog_again_then_unpublish_reverses_the_ingest(
+    api, settings, pool, wait_for_job, points_gpkg, unique
+):
+    blob = put(settings, points_gpkg, f"{unique}/points.gpkg")
+    table = f"reversible_{unique}"
+    ingest_id = submit(api, blob_name=blob, table_name=table)
+    assert wait_for_job(ingest_id, timeout_s=120).status == "completed"
+
+    response = api.post("/api/jobs/stac_catalog_vectors", json={"table_name": table})
+    assert response.status_code == 202, response.text
+    recatalog = wait_for_job(response.json()["job_id"])
+    assert recatalog.status == "completed", recatalog.error
+    found = pgstac.search_items(settings, "system-vectors", ids=[f"geo.{table}"])
+    assert len(found) == 1  # replaced, never duplicated
+    assert found[0]["properties"]["rayetl:source"]["job_id"] == ingest_id
+
+    response = api.post("/api/jobs/unpublish_vector", json={"table_name": table})
+    assert response.status_code == 202, response.text
+    unpublished = wait_for_job(response.json()["job_id"])
+    assert unpublished.status == "completed", unpublished.error
+    assert unpublished.result["table_dropped"] and unpublished.result["stac_item_deleted"]
+    assert unpublished.result["published_by_link"] == f"/api/jobs/{ingest_id}"
+    with pool.connection() as conn:
+        assert not postgis.table_exists(conn, "geo", table)
+    assert pgstac.get_item(settings, "system-vectors", f"geo.{table}") is None
+
+
+def test_unpublish_refuses_tables_rayetl_did_not_create_unless_forced(api, pool, wait_for_job, unique):
+    table = f"foreign_{unique}"
+    with pool.connection() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS geo")
+        conn.execute(f"CREATE TABLE geo.{table} (id int)")
+    response = api.post("/api/jobs/unpublish_vector", json={"table_name": table})
+    assert response.status_code == 409, response.text
+    assert "not created by rayetl" in response.json()["message"] and "force" in response.json()["message"]
+
+    response = api.post("/api/jobs/unpublish_vector", json={"table_name": table, "force": True})
+    assert response.status_code == 202, response.text
+    job = wait_for_job(response.json()["job_id"])
+    assert job.status == "completed", job.error
+    assert job.result["table_dropped"] and job.result["published_by_job"] is None
+
+
+def test_table_jobs_answer_404_for_a_missing_table(api, unique):
+    for job_type in ("stac_catalog_vectors", "unpublish_vector"):
+        response = api.post(f"/api/jobs/{job_type}", json={"table_name": f"missing_{unique}"})
+        assert response.status_code == 404, response.text
+        assert f"geo.missing_{unique}" in response.json()["message"]
