@@ -18,8 +18,12 @@ install: system-deps $(BIN)/.installed
 
 demo: install
 	$(BIN)/rayetl up
-	$(BIN)/rayetl submit hello_world -p n=1000 -p message="hello from the rayetl demo" --wait
+	$(BIN)/rayetl storage sample bronze/demo/stations.geojson
+	$(BIN)/rayetl submit ingest_vector -p blob_name=demo/stations.geojson -p table_name=demo_stations \
+		-p if_exists=replace -p 'indexes={"attributes": ["kind"], "temporal": ["installed"]}' --wait
 	@echo
+	@echo "The stations' features: http://127.0.0.1:8000/features/collections/geo.demo_stations/items"
+	@echo "On a map:               http://127.0.0.1:8000/features/collections/geo.demo_stations/viewer.html"
 	@echo "The stack keeps running: explore the API docs and the Ray dashboard above."
 	@echo "Follow-up: $(BIN)/rayetl jobs   |   the job's tasks: $(BIN)/rayetl tasks <job id>"
 	@echo "Stop everything: $(BIN)/rayetl down"

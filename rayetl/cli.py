@@ -167,6 +167,24 @@ def storage_put(
     console.print(f"{name}/{info.path} ({info.size_bytes} bytes)")
 
 
+@storage_app.command("sample")
+def storage_sample(
+    target: Annotated[str, typer.Argument(help="CONTAINER/PATH.geojson")] = "bronze/demo/stations.geojson",
+) -> None:
+    """Write a generated sample GeoJSON (2,000 seeded points over Europe) into a container."""
+    import tempfile
+
+    from rayetl.sample_data import write_sample_points
+    from rayetl.store.objects import normalize_path, open_container
+
+    name, path = _split_target(target)
+    path = normalize_path(path, container=name)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = write_sample_points(Path(tmp) / "sample.geojson")
+        info = open_container(Settings(), name, create=True).put_file(local, path)
+    console.print(f"{name}/{info.path} ({info.size_bytes} bytes)")
+
+
 @storage_app.command("get")
 def storage_get(
     source: Annotated[str, typer.Argument(help="CONTAINER/PATH")],

@@ -16,6 +16,7 @@ from rayetl import __version__
 from rayetl.actors import submission
 from rayetl.actors.janitor import ensure_janitor
 from rayetl.errors import Conflict, InvalidRequest, NotFound, RayetlError, Unauthorized
+from rayetl.features import add_features
 from rayetl.models import EventRecord, JobRecord, JobStatus, TaskRecord, TaskStatus
 from rayetl.pipelines import JOB_TYPES, get_job_type
 from rayetl.settings import Settings
@@ -284,6 +285,7 @@ def create_app(settings: Settings, pool: ConnectionPool) -> FastAPI:
     app.include_router(_job_read_routes(pool), prefix="/api", dependencies=protected)
     app.include_router(_job_type_routes(), prefix="/api", dependencies=protected)
     app.include_router(_health_routes(settings, pool), prefix="/api")
+    add_features(app, settings, dependencies=protected)
     return app
 
 

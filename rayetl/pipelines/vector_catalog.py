@@ -7,12 +7,13 @@ import pystac
 from psycopg import sql
 from pydantic import BaseModel
 
+from rayetl.features import features_url, viewer_url
 from rayetl.settings import Settings
 from rayetl.store import pgstac
 from rayetl.store.db import connect
 from rayetl.store.postgis import Table, TablePublished, describe_table
 
-__all__ = ["CatalogedTable", "TableSource", "catalog_table", "features_url", "viewer_url"]
+__all__ = ["CatalogedTable", "TableSource", "catalog_table"]
 
 TABLE_EXTENSION = "https://stac-extensions.github.io/table/v1.2.0/schema.json"
 _WORLD = [-180.0, -90.0, 180.0, 90.0]
@@ -37,16 +38,6 @@ class CatalogedTable(BaseModel):
     datetime_range: list[str | None]
 
 
-def features_url(settings: Settings, table: Table) -> str:
-    """OGC API Features items of the table, as served under /features."""
-    return f"{settings.base_url}/features/collections/{table.schema}.{table.name}/items"
-
-
-def viewer_url(settings: Settings, table: Table) -> str:
-    """A map of the table's features in the browser."""
-    return f"{settings.base_url}/features/collections/{table.schema}.{table.name}/map"
-
-
 def catalog_table(
     settings: Settings,
     table: Table,
@@ -69,8 +60,8 @@ def catalog_table(
     return CatalogedTable(
         item_id=item.id,
         collection_id=collection_id,
-        features_url=features_url(settings, table),
-        viewer_url=viewer_url(settings, table),
+        features_url=features_url(settings, table.schema, table.name),
+        viewer_url=viewer_url(settings, table.schema, table.name),
         datetime_range=[_iso(times[0]), _iso(times[1])],
     )
 
@@ -120,13 +111,15 @@ def _item(
     item.add_asset(
         "features",
         pystac.Asset(
-            href=features_url(settings, table),
+            href=features_url(settings, table.schema, table.name),
             media_type="application/geo+json",
             title="OGC API Features items",
             roles=["data"],
         ),
     )
-    item.add_link(pystac.Link("alternate", viewer_url(settings, table), "text/html", "Map viewer"))
+    item.add_link(
+        pystac.Link("alternate", viewer_url(settings, table.schema, table.name), "text/html", "Map viewer")
+    )
     return item
 
 

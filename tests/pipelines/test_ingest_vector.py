@@ -67,6 +67,12 @@ def test_gpkg_points_load_in_several_chunks(api, settings, pool, wait_for_job, p
     assert staging_tables(pool) == []
     item = pgstac.get_item(settings, "system-vectors", f"geo.{table}")
     assert item["properties"]["table:row_count"] == 5_000
+    assert item["assets"]["features"]["href"] == result["ogc_features_url"]
+    # The URLs in the result answer: the features server lists the new table at once.
+    features = api.get(result["ogc_features_url"], params={"limit": 10})
+    assert features.status_code == 200, features.text
+    assert features.json()["numberMatched"] == 5_000 and len(features.json()["features"]) == 10
+    assert api.get(result["viewer_url"]).status_code == 200
 
 
 def events_of(pool, job_id: str) -> list[str]:
