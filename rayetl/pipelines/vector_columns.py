@@ -57,9 +57,17 @@ RESERVED_NAMES = frozenset(
     """.split()
 )
 
-# Anything but a letter, digit or '_' (in any script: PostgreSQL takes non-ASCII letters, and
-# transliterating them would lose information) becomes one '_'.
-_UNSAFE = re.compile(r"[^\w]+|_+")
+_KEPT_CATEGORIES = ("L", "M", "N")  # letters, combining marks (vowel signs, accents), digits
+
+
+def _safe_characters(text: str) -> str:
+    """Runs of anything but letters, marks, digits and '_' as one '_'.
+
+    Kept in every script: PostgreSQL takes non-ASCII identifiers, and transliterating would lose
+    information. Marks count too, or 'नाम' (its vowel sign is a mark, not a letter) would break up.
+    """
+    kept = [c if c == "_" or unicodedata.category(c)[0] in _KEPT_CATEGORIES else "_" for c in text]
+    return re.sub("_+", "_", "".join(kept))
 
 
 def clean_column_name(name: str, position: int) -> str:
@@ -67,11 +75,12 @@ def clean_column_name(name: str, position: int) -> str:
 
     position (0-based) names a column whose name has nothing usable left (`column_3`).
     """
-    text = unicodedata.normalize("NFC", str(name)).lower()
-    text = _UNSAFE.sub("_", text).strip("_")
+    # Lower first: lower() may decompose (İ → i + combining dot), and NFC puts it back together.
+    text = unicodedata.normalize("NFC", str(name).lower())
+    text = _safe_characters(text).strip("_")
     if not text:
         text = f"column_{position + 1}"
-    if text[0].isdigit():
+    if not unicodedata.category(text[0]).startswith("L"):  # a digit or a mark cannot lead
         text = f"col_{text}"
     text = _fit(text, "")
     if text in RESERVED_NAMES:
