@@ -40,3 +40,4 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/ingest_vector.py

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import asyncpg
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -18,6 +17,7 @@ from tipg.extensions.viewer import viewerExtension
 from tipg.factory import Endpoints
 from tipg.settings import DatabaseSettings, PostgresSettings
 
+from rayetl.feature_links import FEATURES_PREFIX, features_url, viewer_url
 from rayetl.settings import Settings
 from rayetl.store.db import database_url
 from rayetl.store.postgis import STAGING_PREFIX
@@ -26,7 +26,6 @@ __all__ = ["FEATURES_PREFIX", "add_features", "features_url", "viewer_url"]
 
 logger = logging.getLogger(__name__)
 
-FEATURES_PREFIX = "/features"
 
 # The relations tipg may serve (same relkinds as its tipg_catalog), by oid and name: a created,
 # dropped or renamed table changes it, and so does a swap, since the swapped-in table has a new oid.
@@ -37,20 +36,6 @@ WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'v', 'm', 'f', 'p')
 ORDER BY c.oid
 """
 _REFRESH_ATTEMPTS = 5
-
-
-def features_url(settings: Settings, schema: str, table: str) -> str:
-    """URL of a table's features (GeoJSON items)."""
-    return f"{_collection_url(settings, schema, table)}/items"
-
-
-def viewer_url(settings: Settings, schema: str, table: str) -> str:
-    """URL of tipg's HTML map viewer of a table (vector tiles on a MapLibre map)."""
-    return f"{_collection_url(settings, schema, table)}/viewer.html"
-
-
-def _collection_url(settings: Settings, schema: str, table: str) -> str:
-    return f"{settings.base_url}{FEATURES_PREFIX}/collections/{quote(f'{schema}.{table}')}"
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pystac
 from psycopg import sql
 from pydantic import BaseModel
 
-from rayetl.features import features_url, viewer_url
+from rayetl.feature_links import features_url, viewer_url
 from rayetl.settings import Settings
 from rayetl.store import pgstac
 from rayetl.store.db import connect
