@@ -14,6 +14,7 @@ from rayetl.store.objects import normalize_path, open_container
 __all__ = [
     "ContainerListingParams",
     "ContainerPrefix",
+    "container_or_default",
     "list_files",
     "plan_listing",
     "require_container",
@@ -32,6 +33,16 @@ def _check_path(value: str) -> str:
 ContainerPrefix = Annotated[str, AfterValidator(_check_path)]
 
 
+def container_or_default(cls: type, value: Any, info: ValidationInfo) -> Any:
+    """A `container_name` validator: None becomes the configured default container."""
+    settings = (info.context or {}).get("settings")
+    if value is None and settings is not None:
+        return settings.default_container
+    if value is None:
+        raise ValueError("container_name is required")
+    return value
+
+
 class ContainerListingParams(JobParams):
     """Which files of a container a job looks at."""
 
@@ -44,15 +55,7 @@ class ContainerListingParams(JobParams):
     )
     limit: int = Field(1000, ge=1, le=100_000, description="At most this many files.")
 
-    @field_validator("container_name", mode="before")
-    @classmethod
-    def _default_container(cls, value: Any, info: ValidationInfo) -> Any:
-        settings = (info.context or {}).get("settings")
-        if value is None and settings is not None:
-            return settings.default_container
-        if value is None:
-            raise ValueError("container_name is required")
-        return value
+    _default_container = field_validator("container_name", mode="before")(container_or_default)
 
     @field_validator("extensions")
     @classmethod

@@ -3,11 +3,12 @@
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from rayetl.errors import Conflict, InvalidRequest, NotFound
+from rayetl.pipelines.containers import container_or_default
 from rayetl.pipelines.contract import JobParams
 from rayetl.pipelines.vector_prepare import GeometryParams
 from rayetl.pipelines.vector_source import (
@@ -103,15 +104,7 @@ class IngestVectorParams(JobParams):
         default_factory=list, description="Test only: crash a task's first attempt at a chosen point."
     )
 
-    @field_validator("container_name", mode="before")
-    @classmethod
-    def _default_container(cls, value: Any, info: ValidationInfo) -> Any:
-        settings = (info.context or {}).get("settings")
-        if value is None and settings is not None:
-            return settings.default_container
-        if value is None:
-            raise ValueError("container_name is required")
-        return value
+    _default_container = field_validator("container_name", mode="before")(container_or_default)
 
     @field_validator("blob_name")
     @classmethod
