@@ -129,9 +129,7 @@ def upload_chunk(chunk: pa.Table, chunk_key: str, params: IngestVectorParams) ->
     if chunk.num_rows == 0:
         return {"chunk": chunk_key, "rows": 0, "already_loaded": False}
     staging = postgis.staging_table_for(params.target, ctx.job_id)
-    before_commit = None
-    if "crash_upload_before_commit" in params.inject_faults and ctx.attempt == 1 and ctx.job_attempt == 1:
-        before_commit = _crash
+    before_commit = _crash if _fault_armed(params, "crash_upload_before_commit") else None
     with connect(ctx.settings) as conn:
         loaded = postgis.load_chunk(conn, staging, chunk, chunk_key=chunk_key, before_commit=before_commit)
     _maybe_crash(params, "crash_upload_after_commit")
@@ -255,9 +253,14 @@ def drop_staging(params: IngestVectorParams, job_id: str, settings: Settings) ->
         postgis.drop_staging(conn, postgis.staging_table_for(params.target, job_id))
 
 
-def _maybe_crash(params: IngestVectorParams, fault: str) -> None:
+def _fault_armed(params: IngestVectorParams, fault: str) -> bool:
+    """Test only: whether to crash here (faults fire on the first attempt of the task and the job)."""
     ctx = current_task()
-    if fault in params.inject_faults and ctx.attempt == 1 and ctx.job_attempt == 1:
+    return fault in params.inject_faults and ctx.attempt == 1 and ctx.job_attempt == 1
+
+
+def _maybe_crash(params: IngestVectorParams, fault: str) -> None:
+    if _fault_armed(params, fault):
         _crash()
 
 

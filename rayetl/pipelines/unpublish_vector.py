@@ -37,11 +37,12 @@ class UnpublishVectorResult(BaseModel):
 def require_published(params: UnpublishVectorParams, settings: Settings) -> None:
     """The table must exist and, unless forced, have been published by rayetl (Conflict otherwise)."""
     require_table(params, settings)
-    if params.force:
-        return
     with connect(settings) as conn:
-        publisher = published_by(conn, params.target)
-    if publisher is None:
+        _refuse_foreign(params, published_by(conn, params.target))
+
+
+def _refuse_foreign(params: UnpublishVectorParams, publisher: str | None) -> None:
+    if publisher is None and not params.force:
         raise Conflict(
             f"table {params.target} was not created by rayetl; submit again with force=true to drop it anyway"
         )
@@ -51,14 +52,13 @@ def unpublish(params: UnpublishVectorParams) -> dict[str, Any]:
     """Drop the table (and its publish record) in one transaction, then delete its STAC item."""
     ctx = current_task()
     table = params.target
-    with connect(ctx.settings) as conn:
+    with connect(ctx.settings) as conn, conn.transaction():
         publisher = published_by(conn, table)
-        if table_exists(conn, table.schema, table.name):  # a retry may find it dropped already
-            require_published(params, ctx.settings)
-        with conn.transaction():
-            dropped = table_exists(conn, table.schema, table.name)
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
-            forget_published(conn, table)
+        dropped = table_exists(conn, table.schema, table.name)  # a retry may find it dropped already
+        if dropped:
+            _refuse_foreign(params, publisher)  # the world may have changed since submission
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table.ident))
+        forget_published(conn, table)
     item_id = f"{table.schema}.{table.name}"
     deleted = pgstac.delete_item(ctx.settings, params.collection_id, item_id)
     return UnpublishVectorResult(

@@ -50,13 +50,11 @@ def catalog_table(
     with connect(settings) as conn:
         published = describe_table(conn, table)
         times = _time_range(conn, table, temporal_column) if temporal_column else (None, None)
-    item = _item(settings, table, published, times, collection_id, source or TableSource())
-    with connect(settings) as conn:
+        item = _item(settings, table, published, times, collection_id, source or TableSource())
         with conn.transaction():
             pgstac.ensure_collection(conn, _collection(collection_id))
             pgstac.upsert_item(conn, item)
         pgstac.update_collection_extent(conn, collection_id)
-        conn.commit()
     return CatalogedTable(
         item_id=item.id,
         collection_id=collection_id,
@@ -67,14 +65,12 @@ def catalog_table(
 
 
 def _time_range(conn, table: Table, column: str) -> tuple[dt.datetime | None, dt.datetime | None]:
-    query = sql.SQL("SELECT min({c})::timestamptz, max({c})::timestamptz FROM {t}").format(
+    query = sql.SQL("SELECT min({c})::timestamptz AS start, max({c})::timestamptz AS end FROM {t}").format(
         c=sql.Identifier(column), t=table.ident
     )
-    with conn.cursor() as cur:
-        row = cur.execute(query).fetchone()
-    conn.commit()
-    values = list(row.values()) if isinstance(row, dict) else list(row)
-    return values[0], values[1]
+    with conn.transaction():
+        row = conn.execute(query).fetchone()
+    return row["start"], row["end"]
 
 
 def _item(
