@@ -2,7 +2,9 @@
 
 import asyncio
 import datetime
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = ANY($1::text[]) AND c.relkind IN ('r', 'v', 'm', 'f', 'p')
 ORDER BY c.oid
 """
-_REFRESH_ATTEMPTS = 5
+_REFRESH_WITHIN_S = 5.0  # keep re-reading a catalog that tables changed under for this long
 
 
 @dataclass
@@ -68,32 +70,33 @@ async def _refresh_catalog(app: FastAPI) -> None:
     """Rebuild tipg's collection catalog, and remember the signature it was built from."""
     state: _CatalogState = app.state.features
     schemas = state.db_settings.schemas
+    deadline = time.monotonic() + _REFRESH_WITHIN_S
     async with app.state.pool.acquire() as conn:
-        for attempt in range(1, _REFRESH_ATTEMPTS + 1):
+        for attempt in itertools.count(1):
             # The same signature before and after: no table came or went while tipg read them, so
             # the catalog matches it (a table swapped meanwhile would be missing from the catalog).
             before = await _read_signature(conn, schemas)
             db_settings = state.db_settings.model_copy(update={"tables": _served_tables(before)})
+            last_try = time.monotonic() > deadline
             try:
                 collections = await pg_get_collection_index(conn, settings=db_settings)
             except asyncpg.PostgresError:
                 # tipg names tables by oid, so one dropped while it reads them fails its SQL: retry
                 # then, but not an error that no table change explains.
-                if attempt == _REFRESH_ATTEMPTS or await _read_signature(conn, schemas) == before:
+                if last_try or await _read_signature(conn, schemas) == before:
                     raise
             else:
-                if attempt == _REFRESH_ATTEMPTS or await _read_signature(conn, schemas) == before:
+                consistent = await _read_signature(conn, schemas) == before
+                if consistent or last_try:
                     break
             logger.info(
-                "%s: tables changed while read, attempt %d/%d",
-                FEATURES_PREFIX,
-                attempt + 1,
-                _REFRESH_ATTEMPTS,
+                "%s: tables changed while read; reading again (attempt %d)", FEATURES_PREFIX, attempt + 1
             )
     app.state.collection_catalog = Catalog(
         collections={c.id: c for c in collections}, last_updated=datetime.datetime.now()
     )
-    state.signature = before
+    # A catalog read while tables kept changing may lack one: let the next request read it again.
+    state.signature = before if consistent else None
     logger.info("catalog of %s refreshed: %d collections", FEATURES_PREFIX, len(collections))
 
 
