@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         description='fsspec options per protocol, as JSON: {"az": {"connection_string": "..."}}.',
     )
     default_container: str = Field("bronze", description="Container used when a job names none.")
+    default_output_container: str = Field(
+        "silver", description="Container raster jobs write their COGs to when a job names none."
+    )
 
     api_host: str = Field("127.0.0.1", description="Address the HTTP API listens on.")
     api_port: int = Field(8000, description="Port of the HTTP API.")

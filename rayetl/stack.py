@@ -140,7 +140,8 @@ def _deploy_api(settings: Settings, address: str) -> None:
 def up(settings: Settings) -> StackInfo:
     """Start whatever of the stack is not running yet; safe to call again."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    (settings.local_storage_root / settings.default_container).mkdir(parents=True, exist_ok=True)
+    for container in (settings.default_container, settings.default_output_container):
+        (settings.local_storage_root / container).mkdir(parents=True, exist_ok=True)
     settings = ensure_database(settings)
     upgrade(settings)
     state = stack_state(settings)

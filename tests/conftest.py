@@ -70,7 +70,8 @@ def settings(session_root: Path, database: DevDatabase) -> Settings:
         retry_backoff_max_s=0.5,
         progress_flush_s=0.2,
     )
-    (settings.local_storage_root / settings.default_container).mkdir(parents=True)
+    for container in (settings.default_container, settings.default_output_container):
+        (settings.local_storage_root / container).mkdir(parents=True)
     upgrade(settings)
     return settings
 

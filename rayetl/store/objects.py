@@ -181,6 +181,21 @@ class Container:
                 self.get_file(name, os.path.join(tmp, name.rpartition("/")[2]))
             yield os.path.join(tmp, rel.rpartition("/")[2])
 
+    def gdal_path(self, path: str) -> str:
+        """Where GDAL (rasterio, pyogrio) reads `path` without downloading it; open it inside
+        `rasterio.Env(**container.gdal_env())` so that remote containers get their credentials."""
+        full = self._file(path)
+        if self._real_root is not None:
+            return full
+        raise InvalidRequest(
+            f"container {self.name!r} ({self.url}) cannot be read by GDAL directly: "
+            "use a local or Azure (az://) container"
+        )
+
+    def gdal_env(self) -> dict[str, str]:
+        """GDAL configuration options that gdal_path() needs (credentials of remote containers)."""
+        return {}
+
     def move(self, src: str, dst: str) -> None:
         """Rename a file inside the container, replacing `dst`."""
         src_full, dst_full = self._file(src), self._file(dst)
