@@ -23,9 +23,7 @@ Targets: rayetl at >= 2x ogr2ogr's rows/s on the points and the CSV, >= 1.5x on 
 import argparse
 import importlib.util
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -39,14 +37,10 @@ import pyarrow as pa
 import pyarrow.csv
 import pyogrio
 import shapely
-from pydantic import SecretStr
+from private_stack import private_stack
 
 from rayetl.actors import submission
-from rayetl.actors.runtime import connect_ray
-from rayetl.devdb import DevDatabase
 from rayetl.settings import Settings
-from rayetl.store.db import open_pool
-from rayetl.store.migrate import upgrade
 
 SCHEMA = "geo"
 CONTAINER = "bronze"
@@ -559,26 +553,13 @@ def run_all(datasets: list[Dataset], loaders: list[str], settings: Settings, poo
 
 def run(args: argparse.Namespace) -> None:
     """Private PostGIS and Ray, seeded sources, then the loads."""
-    root = Path(tempfile.mkdtemp(prefix="rayetl-bench-", dir="/tmp"))
-    root.chmod(0o755)
-    database = DevDatabase(root / "postgres")
-    try:
-        settings = Settings(
-            home=root, database_url=SecretStr(database.start()), storage_root=root / "storage"
-        )
-        upgrade(settings)
+    with private_stack() as (settings, pool):
         create_schema(settings.database_url.get_secret_value())
         datasets = datasets_from(args)
         generate(datasets, settings.local_storage_root / CONTAINER, args.seed)
-        connect_ray(settings)
-        pool = open_pool(settings)
         if "rayetl" in args.loaders:
             warm_up(settings, pool)
         run_all(datasets, args.loaders, settings, pool)
-        pool.close()
-    finally:
-        database.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

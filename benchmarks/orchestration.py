@@ -9,20 +9,12 @@ private PostGIS and a fresh local Ray cluster. Targets on a 2-core machine: 1,00
 
 import argparse
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from pydantic import SecretStr
+from private_stack import private_stack
 
 from rayetl.actors import submission
-from rayetl.actors.runtime import connect_ray
-from rayetl.devdb import DevDatabase
-from rayetl.settings import Settings
 from rayetl.store import audit
-from rayetl.store.db import open_pool
-from rayetl.store.migrate import upgrade
 
 TARGET_S = {1_000: 3.0, 10_000: 20.0}
 
@@ -39,16 +31,7 @@ def audit_rows(pool, job_id: str) -> tuple[int, int]:
 
 
 def run(sizes: list[int]) -> None:
-    root = Path(tempfile.mkdtemp(prefix="rayetl-bench-", dir="/tmp"))
-    root.chmod(0o755)
-    database = DevDatabase(root / "postgres")
-    try:
-        settings = Settings(
-            home=root, database_url=SecretStr(database.start()), storage_root=root / "storage"
-        )
-        upgrade(settings)
-        connect_ray(settings)
-        pool = open_pool(settings)
+    with private_stack() as (settings, pool):
         # Warm up: worker processes start on first use, which is not what we measure.
         warm = submission.submit_job(
             "hello_world", {"n": 20, "message": "warm-up"}, settings=settings, pool=pool
@@ -81,10 +64,6 @@ def run(sizes: list[int]) -> None:
                 f"{n:>6} {2 * n:>7} {wall:>8.2f} {2 * n / wall:>9.0f} {tasks:>10} {events:>7} "
                 f"{target if target else '':>9}"
             )
-        pool.close()
-    finally:
-        database.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
