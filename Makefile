@@ -14,6 +14,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@touch $@
 
+# Azurite (the Azure Blob Storage emulator the tests run against; `make test` installs it), pinned in rayetl/devazurite.py,
+# into the project's .azurite/: no global npm install, so it works as root and as a normal user.
+AZURITE_VERSION := $(shell sed -n 's/^AZURITE_VERSION = "\(.*\)"/\1/p' rayetl/devazurite.py)
+AZURITE_STAMP := .azurite/.installed-$(AZURITE_VERSION)
+
+$(AZURITE_STAMP):
+	npm install --prefix .azurite --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+	@touch $@
+
 install: system-deps $(BIN)/.installed
 
 demo: install
@@ -28,7 +37,7 @@ demo: install
 	@echo "Follow-up: $(BIN)/rayetl jobs   |   the job's tasks: $(BIN)/rayetl tasks <job id>"
 	@echo "Stop everything: $(BIN)/rayetl down"
 
-test: install
+test: install $(AZURITE_STAMP)
 	$(BIN)/python -m pytest
 
 down:
@@ -41,3 +50,4 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/orchestration.py
 	$(BIN)/python benchmarks/ingest_vector.py
+	$(BIN)/python benchmarks/cog.py

@@ -26,7 +26,8 @@ app.add_typer(dev_db_app, name="dev-db")
 app.add_typer(storage_app, name="storage")
 
 console = Console()
-err_console = Console(stderr=True)
+# Messages are never wrapped: a wrapped path or URL cannot be copied, nor grepped in a log.
+err_console = Console(stderr=True, soft_wrap=True)
 
 ParamOption = Annotated[
     list[str] | None,

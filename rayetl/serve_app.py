@@ -17,6 +17,7 @@ from rayetl.actors import submission
 from rayetl.actors.janitor import ensure_janitor
 from rayetl.errors import Conflict, InvalidRequest, NotFound, RayetlError, Unauthorized
 from rayetl.features import add_features
+from rayetl.logs import configure_service_logging
 from rayetl.models import EventRecord, JobRecord, JobStatus, TaskRecord, TaskStatus
 from rayetl.pipelines import JOB_TYPES, get_job_type
 from rayetl.settings import Settings
@@ -303,7 +304,7 @@ class RayetlApi:
     """The Serve deployment: one database pool per replica, the app built on the replica."""
 
     def __init__(self, settings: Settings):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_service_logging()
         self._settings = settings
         self._pool = open_pool(settings, min_size=1, max_size=10)
         ensure_janitor(settings)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages rayetl needs, only those missing: PostgreSQL 15 + PostGIS 3 (the
-# private local database), GDAL's command-line tools (benchmark anchors) and python3-venv.
+# private local database), GDAL's command-line tools (benchmark anchors), python3-venv, and
+# Node.js + npm (the Makefile installs Azurite, the Azure Blob Storage emulator, with npm).
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,7 @@ postgis_control=$(ls /usr/share/postgresql/*/extension/postgis.control 2>/dev/nu
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql-15)
 command -v ogr2ogr >/dev/null 2>&1 || missing+=(gdal-bin)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

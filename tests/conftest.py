@@ -137,3 +137,42 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip("the shared corpus (../shared/corpus) is not present")
     return CORPUS
+
+
+AZURE_CONTAINERS = ("az-bronze", "az-silver")
+
+
+@pytest.fixture(scope="session")
+def azurite(session_root: Path) -> Iterator[str]:
+    """A private Azurite blob service for the session; yields its connection string."""
+    from rayetl.devazurite import DevAzurite, DevAzuriteError, find_azurite
+
+    try:
+        find_azurite()
+    except DevAzuriteError as exc:
+        # CI installs Azurite (`make install`): there a missing one is a failure, not a skip.
+        if os.environ.get("CI"):
+            pytest.fail(f"Azurite is required in CI: {exc}")
+        pytest.skip(f"Azurite is not installed: {exc}")
+    service = DevAzurite(session_root / "azurite")
+    connection_string = service.start()
+    yield connection_string
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_settings(settings: Settings, azurite: str) -> Settings:
+    """The session's settings with Azure containers az-bronze (default) and az-silver on Azurite."""
+    from azure.storage.blob import BlobServiceClient
+
+    with BlobServiceClient.from_connection_string(azurite) as service:
+        for name in AZURE_CONTAINERS:
+            service.create_container(name)
+    return settings.model_copy(
+        update={
+            "containers": {name: f"az://{name}" for name in AZURE_CONTAINERS},
+            "storage_options": {"az": {"connection_string": azurite}},
+            "default_container": AZURE_CONTAINERS[0],
+            "default_output_container": AZURE_CONTAINERS[1],
+        }
+    )

@@ -17,6 +17,7 @@ from rayetl.actors.schedule import check_plan, resume_index
 from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, resolve_handles, task_id
 from rayetl.actors.streamed_pair import StreamedPair
 from rayetl.errors import PermanentError
+from rayetl.logs import configure_service_logging
 from rayetl.models import JobRecord, JobStatus, StageProgress
 from rayetl.pipelines import get_job_type
 from rayetl.pipelines.contract import JobParams, JobType, Stage, StageOutputs, TaskSpec
@@ -258,7 +259,7 @@ class JobCoordinator:
     """
 
     def __init__(self, job_id: str, settings: Settings):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_service_logging()
         self._cancel = threading.Event()
         self._runner = JobRunner(job_id, settings, self._cancel)
         self._thread = threading.Thread(target=self._run_then_exit, name=f"job-{job_id[:12]}", daemon=True)

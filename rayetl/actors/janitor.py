@@ -10,6 +10,7 @@ import ray
 from rayetl.actors.cleanup import clean_up
 from rayetl.actors.runtime import JANITOR_NAME
 from rayetl.actors.submission import find_coordinator, record_event, start_coordinator
+from rayetl.logs import configure_service_logging
 from rayetl.models import JobRecord, JobStatus
 from rayetl.pipelines import get_job_type
 from rayetl.settings import Settings
@@ -54,7 +55,7 @@ class Janitor:
     """A long-lived actor that sweeps for stale jobs every janitor_interval_s."""
 
     def __init__(self, settings: Settings):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_service_logging()
         self._settings = settings
         self._pool = open_pool(settings, min_size=1, max_size=2)
         self._stop = threading.Event()

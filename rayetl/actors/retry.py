@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import psycopg
 import ray.exceptions
+from azure.core import exceptions as azure_errors
 
 from rayetl.errors import Conflict, InvalidRequest, NotFound, PermanentError, TransientError
 
@@ -21,6 +22,8 @@ _PERMANENT = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
+    azure_errors.ResourceNotFoundError,  # a blob or container that is not there
+    azure_errors.ClientAuthenticationError,  # wrong credentials: fix the configuration
 )
 _TRANSIENT = (
     TransientError,
@@ -37,6 +40,8 @@ _TRANSIENT = (
     ray.exceptions.LocalRayletDiedError,
     ray.exceptions.OutOfMemoryError,
     ray.exceptions.ActorUnavailableError,
+    azure_errors.ServiceRequestError,  # Azure unreachable (not an OSError)
+    azure_errors.ServiceResponseError,  # the connection broke mid-answer
 )
 
 

@@ -8,9 +8,13 @@ from rayetl.pipelines.contract import JobContractError, JobType
 from rayetl.pipelines.hello_world import HELLO_WORLD
 from rayetl.pipelines.ingest_vector import INGEST_VECTOR
 from rayetl.pipelines.list_container_contents import LIST_CONTAINER_CONTENTS
+from rayetl.pipelines.process_raster import PROCESS_RASTER
+from rayetl.pipelines.stac_catalog_container import STAC_CATALOG_CONTAINER
 from rayetl.pipelines.stac_catalog_vectors import STAC_CATALOG_VECTORS
 from rayetl.pipelines.summarize_container import SUMMARIZE_CONTAINER
+from rayetl.pipelines.unpublish_raster import UNPUBLISH_RASTER
 from rayetl.pipelines.unpublish_vector import UNPUBLISH_VECTOR
+from rayetl.pipelines.validate_raster import VALIDATE_RASTER
 
 __all__ = ["JOB_TYPES", "build_registry", "get_job_type"]
 
@@ -32,7 +36,11 @@ JOB_TYPES = build_registry(
         SUMMARIZE_CONTAINER,
         INGEST_VECTOR,
         STAC_CATALOG_VECTORS,
+        STAC_CATALOG_CONTAINER,
         UNPUBLISH_VECTOR,
+        VALIDATE_RASTER,
+        PROCESS_RASTER,
+        UNPUBLISH_RASTER,
     ]
 )
 

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_v
 from rayetl.errors import Conflict, InvalidRequest, NotFound
 from rayetl.pipelines.containers import container_or_default
 from rayetl.pipelines.contract import JobParams
+from rayetl.pipelines.stac_params import CollectionId
 from rayetl.pipelines.vector_prepare import GeometryParams
 from rayetl.pipelines.vector_source import (
     ConverterParams,
@@ -38,7 +39,6 @@ __all__ = [
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _IDENTIFIER_RULE = "lower-case letters, digits and '_', starting with a letter or '_', at most 63 characters"
-_COLLECTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _check_identifier(value: str) -> str:
@@ -49,13 +49,6 @@ def _check_identifier(value: str) -> str:
     return value
 
 
-def _check_collection_id(value: str) -> str:
-    if not _COLLECTION_ID.match(value):
-        raise ValueError(f"{value!r} is not a collection id: use letters, digits, '_', '.' and '-'")
-    return value
-
-
-CollectionId = Annotated[str, AfterValidator(_check_collection_id)]
 # A schema or table name rayetl creates: no quoting needed, never a staging table's name.
 Identifier = Annotated[str, AfterValidator(_check_identifier)]
 # Test only: faults injected on a task's first attempt, to prove chunks are written exactly once.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from rayetl.errors import InvalidRequest, NotFound
 from rayetl.settings import Settings
 
-__all__ = ["Container", "ObjectInfo", "list_containers", "normalize_path", "open_container"]
+__all__ = ["TMP_MARKER", "Container", "ObjectInfo", "list_containers", "normalize_path", "open_container"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,12 @@ _NAME_RULE = (
     "3 to 63 characters: lower-case letters, digits and single hyphens, "
     "starting and ending with a letter or digit"
 )
-_TMP_MARKER = ".rayetl-tmp-"
+# In the name of files and folders being written: listings never show them.
+TMP_MARKER = ".rayetl-tmp-"
 # Backends name the modification time differently: adlfs, s3fs, local, gcsfs, memory.
 _MODIFIED_KEYS = ("last_modified", "LastModified", "mtime", "updated", "created")
+# The protocols adlfs registers for Azure Blob Storage.
+_AZURE_PROTOCOLS = frozenset({"az", "abfs", "abfss"})
 
 
 class ObjectInfo(BaseModel):
@@ -59,6 +63,10 @@ class Container:
         self._root = root.rstrip("/")
         # Only a local folder can hold symlinks, and they may lead out of it.
         self._real_root = os.path.realpath(root) if isinstance(fs, LocalFileSystem) else None
+        # The Azure container (the account's top-level folder) holding the root, for /vsiaz/
+        # paths and for telling "no such file" from "no such container".
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        self._azure_container = self._root.split("/")[0] if protocols & _AZURE_PROTOCOLS else None
 
     def __repr__(self) -> str:
         return f"Container(name={self.name!r}, url={self.url!r})"
@@ -102,13 +110,16 @@ class Container:
         found = []
         for full, entry in self.fs.find(self._join(folder), detail=True).items():
             info = self._object_info(full, entry)
-            if not info.path.startswith(rel) or _TMP_MARKER in info.path:
+            if not info.path.startswith(rel) or TMP_MARKER in info.path:
                 continue
             if suffixes and not info.path.lower().endswith(suffixes):
                 continue
             if self._real_root is not None and not self._is_local_file(full):
                 continue
             found.append(info)
+        if not found:
+            # adlfs lists a missing Azure container as empty: say so rather than "no files".
+            self._require_azure_container()
         found.sort(key=lambda info: info.path)
         return found[:limit]
 
@@ -117,6 +128,9 @@ class Container:
         full = self._file(path)
         if set(mode) & set("wax"):
             self._make_parent(full)
+            # A blob is uploaded when its file closes, in the caller's code: check the Azure
+            # container now so that a missing one fails here, with a message that names it.
+            self._require_azure_container()
         with self._not_found(path):
             return self.fs.open(full, mode, **kwargs)
 
@@ -128,7 +142,7 @@ class Container:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Create or replace a file with `data`."""
-        with self._staged(self._file(path)) as target:
+        with self._staged(self._file(path)) as target, self._missing_azure_container():
             self.fs.pipe_file(target, data)
         logger.debug("container %s: wrote %s (%d bytes)", self.name, path, len(data))
 
@@ -136,7 +150,7 @@ class Container:
         """Upload a local file to `path`, replacing what was there."""
         if not os.path.isfile(local_path):
             raise NotFound(f"local file '{local_path}' not found: check the path of the upload")
-        with self._staged(self._file(path)) as target:
+        with self._staged(self._file(path)) as target, self._missing_azure_container():
             self.fs.put_file(os.fspath(local_path), target)
         logger.debug("container %s: uploaded %s", self.name, path)
         return self.info(path)
@@ -153,6 +167,12 @@ class Container:
         full = self._file(path)
         with self._not_found(path):
             self.fs.rm_file(full)
+
+    def delete_folder(self, path: str) -> None:
+        """Delete a folder and everything under it; nothing happens when there is none."""
+        full = self._file(path)
+        if self.fs.exists(full):
+            self.fs.rm(full, recursive=True)
 
     @contextmanager
     def local_path(self, path: str, *, siblings: bool = False) -> Iterator[str]:
@@ -187,6 +207,9 @@ class Container:
         full = self._file(path)
         if self._real_root is not None:
             return full
+        if self._azure_container is not None:
+            # GDAL reads /vsiaz/ blobs by HTTP range requests: nothing is downloaded whole.
+            return f"/vsiaz/{full}"
         raise InvalidRequest(
             f"container {self.name!r} ({self.url}) cannot be read by GDAL directly: "
             "use a local or Azure (az://) container"
@@ -194,7 +217,9 @@ class Container:
 
     def gdal_env(self) -> dict[str, str]:
         """GDAL configuration options that gdal_path() needs (credentials of remote containers)."""
-        return {}
+        if self._azure_container is None:
+            return {}
+        return _azure_gdal_env(self.fs, container=self.name)
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file inside the container, replacing `dst`."""
@@ -256,7 +281,7 @@ class Container:
             yield full
             return
         parent, _, name = full.rpartition("/")
-        tmp = f"{parent}/.{name}{_TMP_MARKER}{uuid.uuid4().hex}"
+        tmp = f"{parent}/.{name}{TMP_MARKER}{uuid.uuid4().hex}"
         try:
             yield tmp
             os.replace(tmp, full)  # atomic on one filesystem, and replaces an existing file
@@ -265,13 +290,57 @@ class Container:
                 os.remove(tmp)
             raise
 
+    def _create_azure_container(self) -> None:
+        """Create the Azure container of an az:// container when it is missing (no-op otherwise)."""
+        if self._azure_container is None or self.fs.exists(self._azure_container):
+            return
+        try:
+            self.fs.mkdir(self._azure_container)
+        except ValueError as exc:
+            # adlfs turns every failure to create a container (a bad name, a missing right) into ValueError.
+            raise InvalidRequest(
+                f"cannot create Azure container {self._azure_container!r} for container "
+                f"{self.name!r} ({self.url}): {exc}. Create it with the Azure tools, or fix RAYETL_CONTAINERS"
+            ) from exc
+        logger.info("container %s: created Azure container %s", self.name, self._azure_container)
+
+    def _require_azure_container(self) -> None:
+        """NotFound when the Azure container of an az:// container does not exist."""
+        if self._azure_container is not None and not self.fs.exists(self._azure_container):
+            raise NotFound(self._missing_container_message())
+
+    def _missing_container_message(self) -> str:
+        account = getattr(self.fs, "account_name", None) or getattr(
+            getattr(self.fs, "service_client", None), "account_name", "?"
+        )
+        return (
+            f"Azure container {self._azure_container!r} does not exist in storage account "
+            f"{account!r} (container {self.name!r} is configured as {self.url}): create it "
+            f"(`rayetl storage put` creates it with the first upload, or "
+            f"`az storage container create --name {self._azure_container}`), "
+            "or fix RAYETL_CONTAINERS"
+        )
+
+    @contextmanager
+    def _missing_azure_container(self) -> Iterator[None]:
+        # A write into a missing Azure container fails with FileNotFoundError (put_file) or
+        # ResourceNotFoundError (pipe_file): name the container, and keep other errors as they are.
+        try:
+            yield
+        except (FileNotFoundError, ResourceNotFoundError) as exc:
+            if self._azure_container is not None and not self.fs.exists(self._azure_container):
+                raise NotFound(self._missing_container_message()) from exc
+            raise
+
     @contextmanager
     def _not_found(self, path: str) -> Iterator[None]:
         # Only a missing file is permanent; other OSErrors stay as they are so that the engine
         # classifies them as transient and retries.
         try:
             yield
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ResourceNotFoundError) as exc:
+            # The round trip costs nothing on the success path: only a missing file pays it.
+            self._require_azure_container()
             raise NotFound(
                 f"file {path!r} not found in container {self.name!r}: "
                 "check the path, or upload the file first (`rayetl storage put`)"
@@ -303,10 +372,17 @@ def normalize_path(path: str, *, container: str | None = None) -> str:
 
 
 def open_container(settings: Settings, name: str, *, create: bool = False) -> Container:
-    """The container `name`: configured in settings.containers, else a local folder."""
+    """The container `name`: configured in settings.containers, else a local folder.
+
+    A configured az:// container must exist on its storage account (NotFound names it when it
+    does not); create=True makes a missing one, as it makes a missing local folder.
+    """
     _check_name(name)
     if name in settings.containers:
-        return _open_configured(settings, name)
+        container = _open_configured(settings, name)
+        if create:
+            container._create_azure_container()
+        return container
     folder = settings.local_storage_root / name
     if not folder.is_dir():
         if not create:
@@ -327,7 +403,12 @@ def list_containers(settings: Settings) -> list[str]:
 
 def _open_configured(settings: Settings, name: str) -> Container:
     url = settings.containers[name].rstrip("/")
-    options = settings.storage_options.get(get_protocol(url), {})
+    protocol = get_protocol(url)
+    options = settings.storage_options.get(protocol, {})
+    if protocol in _AZURE_PROTOCOLS:
+        # adlfs caches folder listings for the life of the process (exists() answers from them):
+        # a long-running API would not see blobs that other processes add or delete.
+        options = {"use_listings_cache": False, **options}
     try:
         fs, root = url_to_fs(url, **options)
     except (ImportError, TypeError, ValueError) as exc:
@@ -337,6 +418,43 @@ def _open_configured(settings: Settings, name: str) -> Container:
             "fix RAYETL_CONTAINERS or RAYETL_STORAGE_OPTIONS, or install the fsspec backend"
         ) from exc
     return Container(name, url, fs, root)
+
+
+def _azure_gdal_env(fs: AbstractFileSystem, *, container: str) -> dict[str, str]:
+    """GDAL's /vsiaz/ configuration options for the credentials adlfs was given (or found in env)."""
+    if fs.connection_string:
+        # GDAL reads AccountName, AccountKey or SharedAccessSignature and BlobEndpoint (Azurite,
+        # custom domains) from it.
+        return {"AZURE_STORAGE_CONNECTION_STRING": fs.connection_string}
+    if not fs.account_name:
+        raise InvalidRequest(
+            f"container {container!r}: GDAL needs the storage account's name to read it. Set "
+            "account_name or connection_string in RAYETL_STORAGE_OPTIONS['az']"
+        )
+    env = {"AZURE_STORAGE_ACCOUNT": fs.account_name}
+    host = getattr(fs, "account_host", None)
+    if host and fs.account_key:
+        return {
+            "AZURE_STORAGE_CONNECTION_STRING": (
+                f"DefaultEndpointsProtocol=https;AccountName={fs.account_name};"
+                f"AccountKey={fs.account_key};BlobEndpoint=https://{host}"
+            )
+        }
+    if host:
+        raise InvalidRequest(
+            f"container {container!r}: GDAL reaches a custom account_host ({host}) only with an "
+            "account key or a connection string. Set connection_string in RAYETL_STORAGE_OPTIONS['az']"
+        )
+    if fs.account_key:
+        env["AZURE_STORAGE_ACCESS_KEY"] = fs.account_key
+    elif fs.sas_token:
+        env["AZURE_STORAGE_SAS_TOKEN"] = fs.sas_token.lstrip("?")
+    elif fs.anon:
+        env["AZURE_NO_SIGN_REQUEST"] = "YES"
+    # Otherwise adlfs holds a credential object (service principal, DefaultAzureCredential) that
+    # GDAL cannot take: with the account alone, GDAL uses its own chain (managed identity,
+    # workload identity through AZURE_FEDERATED_TOKEN_FILE).
+    return env
 
 
 def _is_name(name: str) -> bool:
