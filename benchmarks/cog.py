@@ -40,6 +40,7 @@ from rayetl.settings import Settings
 
 BRONZE, SILVER = "bronze", "silver"
 JOB_TIMEOUT_S = 3600
+UNTILED = 65_536  # the largest tile_size_px: one COG for any source here
 ROWS_PER_WRITE = 512  # the generator writes the sources a strip at a time: memory stays small
 
 
@@ -171,7 +172,7 @@ def convert_all(source: Source, *, settings: Settings, pool: Any, tile_size: int
     ):
         runs.append(run_command(tool, command, Path(command[-1])))
         print(f"  {source.name} {tool}: {_seconds(runs[-1])}", flush=True)
-    for tool, size in (("rayetl untiled", source.size + 1), ("rayetl tiled", tile_size)):
+    for tool, size in (("rayetl untiled", UNTILED), ("rayetl tiled", tile_size)):
         runs.append(run_rayetl(tool, source, settings=settings, pool=pool, tile_size=size))
         print(f"  {source.name} {tool}: {_seconds(runs[-1])}", flush=True)
     shutil.rmtree(out)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from rayetl.actors import retry
 from rayetl.actors.audit_buffer import AuditBuffer, StaleAttempt
 from rayetl.actors.cleanup import clean_up
+from rayetl.actors.runtime import HOST_NAME
 from rayetl.actors.schedule import check_plan, resume_index
 from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, resolve_handles, task_id
 from rayetl.actors.streamed_pair import StreamedPair
@@ -260,6 +261,8 @@ class JobCoordinator:
 
     def __init__(self, job_id: str, settings: Settings):
         configure_service_logging()
+        self._settings = settings
+        self._name = ray.get_runtime_context().get_actor_name()
         self._cancel = threading.Event()
         self._runner = JobRunner(job_id, settings, self._cancel)
         self._thread = threading.Thread(target=self._run_then_exit, name=f"job-{job_id[:12]}", daemon=True)
@@ -275,7 +278,18 @@ class JobCoordinator:
             # A finished coordinator holds nothing worth keeping; free its name and process. First
             # let Ray report its tasks' last events (every second), or the dashboard never sees them.
             time.sleep(_LINGER_S)
-            ray.kill(ray.get_runtime_context().current_actor)
+            if not self._leave_host():
+                ray.kill(ray.get_runtime_context().current_actor)
+
+    def _leave_host(self) -> bool:
+        """Have the host drop its handle: Ray then ends this actor gracefully (flushing its events)."""
+        try:
+            host = ray.get_actor(HOST_NAME, namespace=self._settings.ray_namespace)
+            ray.get(host.release.remote(self._name), timeout=5)
+        except (ValueError, ray.exceptions.RayError):
+            logger.warning("could not tell the coordinator host that %s ended; exiting anyway", self._name)
+            return False
+        return True
 
     def cancel(self) -> None:
         """Ask the job to stop: in-flight tasks are cancelled and the job ends cancelled."""

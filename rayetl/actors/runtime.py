@@ -9,6 +9,7 @@ import ray
 from rayetl.settings import Settings
 
 __all__ = [
+    "HOST_NAME",
     "JANITOR_NAME",
     "connect_ray",
     "coordinator_name",
@@ -19,6 +20,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 JANITOR_NAME = "rayetl-janitor"
+HOST_NAME = "rayetl-coordinators"
 
 
 def coordinator_name(job_type: str, job_id: str, attempt: int) -> str:

@@ -12,7 +12,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from rayetl.actors.cleanup import clean_up
-from rayetl.actors.coordinator import JobCoordinator
+from rayetl.actors.host import ensure_host
 from rayetl.actors.runtime import coordinator_name
 from rayetl.errors import Conflict, InvalidRequest, NotFound
 from rayetl.models import JobRecord, JobStatus
@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_HOST_TIMEOUT_S = 60  # a host being (re)started on a busy node takes a few seconds
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,9 @@ def submit_job(
 
 
 def start_coordinator(job: JobRecord, settings: Settings) -> None:
-    """Create the job attempt's coordinator unless it already exists."""
-    JobCoordinator.options(
-        name=coordinator_name(job.job_type, job.id, job.attempt),
-        namespace=settings.ray_namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=2,
-    ).remote(job.id, settings)
+    """Have the coordinator host create the job attempt's coordinator unless it already exists."""
+    host = ensure_host(settings)
+    ray.get(host.start.remote(job.id, job.job_type, job.attempt, settings), timeout=_HOST_TIMEOUT_S)
     logger.info("job %s: coordinator started for attempt %d", job.id[:12], job.attempt)
 
 

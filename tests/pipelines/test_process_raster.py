@@ -1,5 +1,6 @@
 """process_raster and unpublish_raster end to end over HTTP: rasters into COGs, tiles, STAC, undo."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -253,3 +254,25 @@ def test_corpus_rasters_become_cogs_with_their_pixels(api, settings, wait_for_jo
         output = silver(settings) / result["output_path"]
         assert cog_validate(str(output), quiet=True)[0], name
         assert_same_pixels(output, source)
+
+
+def test_the_cli_validates_processes_and_unpublishes_a_raster(api, settings, rgb, unique):
+    from test_cli import rayetl, session_env
+
+    env = session_env(settings)
+    blob = put(settings, rgb, f"pr/{unique}/cli.tif")
+
+    checked = rayetl("submit", "validate_raster", "-p", f"blob_name={blob}", "--wait", env=env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    report = json.loads(checked.stdout[checked.stdout.index("{") :])["result"]
+    assert report["kind"] == "rgb" and report["epsg"] == 32632
+
+    done = rayetl(
+        "submit", "process_raster", "-p", f"blob_name={blob}", "-p", "cog_profile=lzw", "--wait", env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert cog_validate(str(silver(settings) / blob), quiet=True)[0]
+
+    undone = rayetl("submit", "unpublish_raster", "-p", f"output_path={blob}", "--wait", env=env)
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert not (silver(settings) / blob).exists()
