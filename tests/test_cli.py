@@ -400,18 +400,17 @@ def _assert_dashboard_shows_readable_names(dashboard_port: int, job_id: str) -> 
 
 
 @pytest.mark.stack
-def test_up_starts_the_stack_and_down_stops_it(settings):
+def test_up_starts_the_stack_and_down_stops_it():
     home = Path(tempfile.mkdtemp(prefix="rayetl-stack-", dir="/tmp"))
     home.chmod(0o755)
     ray_tmp = str(home / "t")  # short: Ray's socket paths live under it and must stay < 108 characters
     api_port, dashboard_port = free_port(), free_port()
+    # No RAYETL_DATABASE_URL: `up` starts the stack's own private PostGIS, as on a user's machine.
+    # (Sharing the session's database let the session's janitor take the stack's jobs over.)
     env = base_env() | {
         "RAYETL_HOME": str(home),
-        "RAYETL_DATABASE_URL": settings.database_url.get_secret_value(),
         "RAYETL_API_PORT": str(api_port),
         "RAYETL_DASHBOARD_PORT": str(dashboard_port),
-        # The stack shares the session's database: its janitor must not take over the session's jobs.
-        "RAYETL_JANITOR_STALE_AFTER_S": "3600",
         # Ray's own files (sessions, and the record of the cluster `ray start` made, which a bare
         # ray.init() joins) go under home, so that no other Ray user of this machine sees this cluster.
         "RAY_TMPDIR": ray_tmp,
@@ -465,6 +464,7 @@ def test_up_starts_the_stack_and_down_stops_it(settings):
 
     assert down.returncode == 0, output(down)
     assert f"stopped: Ray head at {ray_address}" in down.stdout
+    assert f"private PostGIS in {home / 'postgres'}" in down.stdout
     problems = [
         f"the Ray head's process group {ray_pgid} still ran after `down`" if group_survived else "",
         f"processes of the stopped cluster still ran after `down`: {survivors}" if survivors else "",
