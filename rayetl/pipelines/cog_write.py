@@ -149,7 +149,9 @@ def gdal_config(options: CogOptions) -> dict[str, str | int]:
     """The GDAL configuration of a COG write: threads, block cache and overview block size."""
     return {
         "GDAL_NUM_THREADS": str(options.threads),
-        "GDAL_CACHEMAX": options.cache_mb,  # rasterio wants an int (MB)
+        # rasterio hands an int to GDALSetCacheMax64, which counts bytes: 256 would be a 256-byte
+        # cache, and every block read again and again (measured: 18 s instead of 0.1 s for a read).
+        "GDAL_CACHEMAX": options.cache_mb * 1024 * 1024,
         "GDAL_TIFF_OVR_BLOCKSIZE": str(options.blocksize),
         "GDAL_TIFF_INTERNAL_MASK": "YES",
     }

@@ -197,7 +197,7 @@ def test_write_cog_keeps_big_intermediates_out_of_memory(tmp_path, spy_cog_trans
     write_cog(str(source), str(tmp_path / "forced.tif"), CogOptions(in_memory=True))
 
     assert [call["in_memory"] for call in spy_cog_translate] == [True, False, True]
-    assert spy_cog_translate[0]["config"]["GDAL_CACHEMAX"] == 256
+    assert spy_cog_translate[0]["config"]["GDAL_CACHEMAX"] == 256 * 1024 * 1024  # bytes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "forced.tif", "rgb.tif", "small.tif"]
 
 
