@@ -1,7 +1,7 @@
 """Shared pieces of the container jobs: parameters, the listing stage and its preflight."""
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
@@ -33,14 +33,23 @@ def _check_path(value: str) -> str:
 ContainerPrefix = Annotated[str, AfterValidator(_check_path)]
 
 
-def container_or_default(cls: type, value: Any, info: ValidationInfo) -> Any:
-    """A `container_name` validator: None becomes the configured default container."""
-    settings = (info.context or {}).get("settings")
-    if value is None and settings is not None:
-        return settings.default_container
-    if value is None:
-        raise ValueError("container_name is required")
-    return value
+def _configured_default(setting: str) -> Callable[[type, Any, ValidationInfo], Any]:
+    """A field validator that turns None into the container the settings name `setting`."""
+
+    def validate(cls: type, value: Any, info: ValidationInfo) -> Any:
+        settings = (info.context or {}).get("settings")
+        if value is None and settings is not None:
+            return getattr(settings, setting)
+        if value is None:
+            raise ValueError(f"{info.field_name} is required")
+        return value
+
+    return validate
+
+
+# `container_name` (input) and `output_container` validators: None becomes the configured one.
+container_or_default = _configured_default("default_container")
+output_container_or_default = _configured_default("default_output_container")
 
 
 class ContainerListingParams(JobParams):

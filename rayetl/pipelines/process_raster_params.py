@@ -1,13 +1,14 @@
 """process_raster's parameters, where its outputs go, and the checks made before anything is queued."""
 
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from rayetl.errors import Conflict, InvalidRequest
+from rayetl.pipelines.containers import output_container_or_default
 from rayetl.pipelines.raster_params import COG_COMPRESSIONS, RasterSource, check_raster_source
 from rayetl.pipelines.stac_params import CollectionId
 from rayetl.settings import Settings
@@ -36,15 +37,6 @@ OVERVIEW_RESAMPLINGS = (
 )
 # Test only: faults injected on a task's first attempt, to prove a failed job leaves no partial output.
 FAULTS = ("fail_last_tile",)
-
-
-def _output_container_or_default(cls: type, value: Any, info: ValidationInfo) -> Any:
-    settings = (info.context or {}).get("settings")
-    if value is None and settings is not None:
-        return settings.default_output_container
-    if value is None:
-        raise ValueError("output_container is required")
-    return value
 
 
 class ProcessRasterParams(RasterSource):
@@ -82,7 +74,7 @@ class ProcessRasterParams(RasterSource):
         default_factory=list, description="Test only: fail a task's first attempt at a chosen point."
     )
 
-    _default_output = field_validator("output_container", mode="before")(_output_container_or_default)
+    _default_output = field_validator("output_container", mode="before")(output_container_or_default)
 
     @field_validator("target_crs")
     @classmethod

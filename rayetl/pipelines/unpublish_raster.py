@@ -4,9 +4,10 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from rayetl.errors import Conflict, InvalidRequest, NotFound
+from rayetl.pipelines.containers import output_container_or_default
 from rayetl.pipelines.contract import JobParams, JobType, Stage, StageOutputs, TaskSpec, current_task
 from rayetl.pipelines.raster_stac import raster_item_id
 from rayetl.settings import Settings
@@ -34,15 +35,7 @@ class UnpublishRasterParams(JobParams):
     )
     force: bool = Field(False, description="Delete the file even though rayetl did not publish it.")
 
-    @field_validator("output_container", mode="before")
-    @classmethod
-    def _default_container(cls, value: Any, info: ValidationInfo) -> Any:
-        settings = (info.context or {}).get("settings")
-        if value is None and settings is not None:
-            return settings.default_output_container
-        if value is None:
-            raise ValueError("output_container is required")
-        return value
+    _default_output = field_validator("output_container", mode="before")(output_container_or_default)
 
     @field_validator("output_path")
     @classmethod
