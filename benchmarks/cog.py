@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from private_stack import private_stack
+from private_stack import private_stack, settle
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
@@ -160,6 +160,15 @@ def run_rayetl(tool: str, source: Source, *, settings: Settings, pool: Any, tile
     return Run(tool, seconds, sum(f.stat().st_size for f in files), valid, note=f"{len(cogs)} COG(s)")
 
 
+def warm_up(settings: Settings, pool: Any) -> None:
+    """A small process_raster first: the cluster's start and the first job's one-off costs stay out."""
+    source = Source("warmup", 256, 3, "uint8", None, predictor=2)
+    generate(source, settings.local_storage_root / BRONZE / source.file_name, seed=0)
+    run = run_rayetl("warm-up", source, settings=settings, pool=pool, tile_size=UNTILED)
+    if run.seconds is None:
+        raise SystemExit(f"warm-up job failed: {run.note}")
+
+
 def convert_all(source: Source, *, settings: Settings, pool: Any, tile_size: int) -> list[Run]:
     src = settings.local_storage_root / BRONZE / source.file_name
     out = settings.home / "anchors"
@@ -170,9 +179,11 @@ def convert_all(source: Source, *, settings: Settings, pool: Any, tile_size: int
         ("gdal_translate ALL_CPUS", gdal_translate(source, src, out / "gt_mt.tif", all_cpus=True)),
         ("rio cogeo create", rio_cogeo(source, src, out / "rio.tif")),
     ):
+        settle(settings)
         runs.append(run_command(tool, command, Path(command[-1])))
         print(f"  {source.name} {tool}: {_seconds(runs[-1])}", flush=True)
     for tool, size in (("rayetl untiled", UNTILED), ("rayetl tiled", tile_size)):
+        settle(settings)
         runs.append(run_rayetl(tool, source, settings=settings, pool=pool, tile_size=size))
         print(f"  {source.name} {tool}: {_seconds(runs[-1])}", flush=True)
     shutil.rmtree(out)
@@ -225,6 +236,7 @@ def run(args: argparse.Namespace) -> None:
             generate(source, settings.local_storage_root / BRONZE / source.file_name, args.seed + index)
             elapsed = time.perf_counter() - started
             print(f"generated {source.name} ({source.megapixels:.0f} Mpx) in {elapsed:.1f}s")
+        warm_up(settings, pool)
         print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         results = [
             (source, convert_all(source, settings=settings, pool=pool, tile_size=args.tile_size))

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyogrio
 import shapely
-from private_stack import private_stack
+from private_stack import private_stack, settle
 
 from rayetl.actors import submission
 from rayetl.settings import Settings
@@ -398,6 +398,7 @@ def run_loader(
     if loader == "to_postgis" and skip_reason:
         return Load(loader, note=skip_reason)
     checkpoint(database_url)
+    settle(settings)
     if loader == "rayetl":
         load = load_with_rayetl(dataset, settings=settings, pool=pool)
     elif loader == "ogr2ogr":

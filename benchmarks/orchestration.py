@@ -11,7 +11,7 @@ import argparse
 import os
 import time
 
-from private_stack import private_stack
+from private_stack import private_stack, settle
 
 from rayetl.actors import submission
 from rayetl.store import audit
@@ -50,6 +50,7 @@ def run(sizes: list[int]) -> None:
         print(" ".join(f"{name:>{width}}" for name, width in header))
         for n in sizes:
             params = {"n": n, "message": f"bench {time.time_ns()}"}
+            settle(settings)
             started = time.perf_counter()
             done = submission.submit_job("hello_world", params, settings=settings, pool=pool)
             job = submission.wait_for_job(done.job.id, pool=pool, timeout_s=600, poll_s=0.02)

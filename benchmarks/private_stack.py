@@ -2,13 +2,16 @@
 
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
 from pydantic import SecretStr
 
+from rayetl.actors.host import ensure_host
 from rayetl.actors.runtime import connect_ray
 from rayetl.devdb import DevDatabase
 from rayetl.settings import Settings
@@ -36,3 +39,19 @@ def private_stack(**overrides: Any) -> Iterator[tuple[Settings, Any]]:
     finally:
         database.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def settle(settings: Settings, *, quiet_s: float = 1.0, timeout_s: float = 60) -> None:
+    """Wait until the stack is as a running service is between jobs, before timing the next run.
+
+    The coordinator host starts the next job's coordinator once a job ends (see actors/host.py);
+    a run timed while it starts would share the CPUs with it. Every tool, anchors included, starts
+    from the same quiet machine.
+    """
+    host = ensure_host(settings)
+    deadline = time.monotonic() + timeout_s
+    while (spare := ray.get(host.spare.remote())) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if spare is not None:
+        ray.get(spare.ping.remote(), timeout=timeout_s)  # answers once its start-up is done
+    time.sleep(quiet_s)

@@ -14,6 +14,7 @@ from ray import serve
 
 from rayetl import __version__
 from rayetl.actors import submission
+from rayetl.actors.host import ensure_host
 from rayetl.actors.janitor import ensure_janitor
 from rayetl.errors import Conflict, InvalidRequest, NotFound, RayetlError, Unauthorized
 from rayetl.features import add_features
@@ -308,6 +309,7 @@ class RayetlApi:
         self._settings = settings
         self._pool = open_pool(settings, min_size=1, max_size=10)
         ensure_janitor(settings)
+        ensure_host(settings)  # so the first job finds a coordinator started ahead of it
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._settings, self._pool)

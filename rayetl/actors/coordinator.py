@@ -4,6 +4,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,6 @@ from pydantic import BaseModel
 from rayetl.actors import retry
 from rayetl.actors.audit_buffer import AuditBuffer, StaleAttempt
 from rayetl.actors.cleanup import clean_up
-from rayetl.actors.runtime import HOST_NAME
 from rayetl.actors.schedule import check_plan, resume_index
 from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, resolve_handles, task_id
 from rayetl.actors.streamed_pair import StreamedPair
@@ -27,11 +27,12 @@ from rayetl.store import audit
 from rayetl.store.audit import NewTask
 from rayetl.store.db import open_pool
 
-__all__ = ["JobCoordinator", "JobRunner", "task_id"]
+__all__ = ["Assignment", "JobCoordinator", "JobRunner", "task_id"]
 
 logger = logging.getLogger(__name__)
 
 _LINGER_S = 2.0
+_HOST_TIMEOUT_S = 5
 
 
 class JobRunner:
@@ -252,21 +253,48 @@ def _lost_outputs(stage: Stage):
     return resolve
 
 
+@dataclass(frozen=True)
+class Assignment:
+    """The job attempt a coordinator runs: its name (one per attempt), the job and the settings."""
+
+    name: str
+    job_id: str
+    settings: Settings
+
+
 @ray.remote(num_cpus=0, max_concurrency=4)
 class JobCoordinator:
-    """One per job attempt: runs the job in a thread started by __init__, so a restart resumes it.
+    """One per job attempt, started ahead of its job by the host (see actors/host.py).
 
-    (Queueing run() on the actor's own handle from __init__ instead was lost after a restart.)
+    `adopt` hands it the job, which runs in a thread so the actor still answers ping and cancel.
+    Restarted by Ray after its process died, it asks the host for its job again and resumes it.
+    (Queueing run() on the actor's own handle instead was lost after a restart.)
     """
 
-    def __init__(self, job_id: str, settings: Settings):
+    def __init__(self, host: ray.actor.ActorHandle, token: str):
         configure_service_logging()
-        self._settings = settings
-        self._name = ray.get_runtime_context().get_actor_name()
+        self._host = host
         self._cancel = threading.Event()
-        self._runner = JobRunner(job_id, settings, self._cancel)
-        self._thread = threading.Thread(target=self._run_then_exit, name=f"job-{job_id[:12]}", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._assignment: Assignment | None = None
+        self._runner: JobRunner | None = None
+        self._thread: threading.Thread | None = None
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            assignment = ray.get(host.assignment.remote(token), timeout=_HOST_TIMEOUT_S)
+            if assignment is not None:
+                self.adopt(assignment)
+
+    def adopt(self, assignment: Assignment) -> None:
+        """Run this job attempt (once: a second call, e.g. after a restart's own resume, is ignored)."""
+        with self._lock:
+            if self._assignment is not None:
+                return
+            self._assignment = assignment
+            self._runner = JobRunner(assignment.job_id, assignment.settings, self._cancel)
+            self._thread = threading.Thread(
+                target=self._run_then_exit, name=f"job-{assignment.job_id[:12]}", daemon=True
+            )
+            self._thread.start()
 
     def _run_then_exit(self) -> None:
         try:
@@ -275,19 +303,19 @@ class JobCoordinator:
             # The janitor finds a job whose coordinator is gone; log here for the operator.
             logger.exception("coordinator crashed")
         finally:
-            # A finished coordinator holds nothing worth keeping; free its name and process. First
-            # let Ray report its tasks' last events (every second), or the dashboard never sees them.
+            self._tell_host("job_ended")
+            # A finished coordinator holds nothing worth keeping; free its process. First let Ray
+            # report its tasks' last events (every second), or the dashboard never sees them.
             time.sleep(_LINGER_S)
-            if not self._leave_host():
+            if not self._tell_host("release"):
                 ray.kill(ray.get_runtime_context().current_actor)
 
-    def _leave_host(self) -> bool:
-        """Have the host drop its handle: Ray then ends this actor gracefully (flushing its events)."""
+    def _tell_host(self, method: str) -> bool:
+        """Call the host about this coordinator (release: Ray then ends this actor gracefully)."""
         try:
-            host = ray.get_actor(HOST_NAME, namespace=self._settings.ray_namespace)
-            ray.get(host.release.remote(self._name), timeout=5)
-        except (ValueError, ray.exceptions.RayError):
-            logger.warning("could not tell the coordinator host that %s ended; exiting anyway", self._name)
+            ray.get(getattr(self._host, method).remote(self._assignment.name), timeout=_HOST_TIMEOUT_S)
+        except ray.exceptions.RayError:
+            logger.warning("could not reach the coordinator host (%s of %s)", method, self._assignment.name)
             return False
         return True
 
@@ -297,6 +325,8 @@ class JobCoordinator:
 
     def ping(self) -> dict[str, Any]:
         """Proof of life for the janitor, with what the coordinator is doing."""
+        if self._runner is None:
+            return {"attempt": None, "stage": None, "running": False}  # a spare, or not adopted yet
         return {
             "attempt": self._runner.attempt,
             "stage": self._runner.stage,

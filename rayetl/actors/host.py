@@ -1,52 +1,115 @@
-"""The coordinator host: one long-lived actor that owns every job's coordinator.
+"""The coordinator host: one long-lived actor that owns every job's coordinator, and keeps one spare.
 
 Ray ties a task's worker process to the detached actor at the root of its ownership chain and
 kills those workers when that actor goes. With a detached coordinator per job, every job started
 fresh worker processes (1.5-2 s each of start-up and imports, measured here). Coordinators owned by
-this one detached actor share one warm pool of workers instead. A coordinator still lives for one
-job attempt; when it ends it asks the host to let go of it. If the host itself dies, the
-coordinators it owns die with it and the janitor resumes their jobs.
+this one detached actor share one warm pool of workers instead.
+
+A coordinator is a new process too, and starting one (Python, Ray, every job type's imports) took
+1.5-3 s of every job. So the host starts the next job's coordinator ahead of time, while nothing
+runs: a spare that has done its imports and waits. A submission hands the spare its job and a new
+spare is started once the job has ended. A coordinator still lives for one job attempt; when it ends
+it asks the host to let go of it. If the host itself dies, the coordinators it owns die with it and
+the janitor resumes their jobs.
 """
 
 import logging
+import threading
+import uuid
+from dataclasses import dataclass
 
 import ray
 
-from rayetl.actors.coordinator import JobCoordinator
+from rayetl.actors.coordinator import Assignment, JobCoordinator
 from rayetl.actors.runtime import HOST_NAME, coordinator_name
 from rayetl.logs import configure_service_logging
 from rayetl.settings import Settings
 
-__all__ = ["CoordinatorHost", "ensure_host"]
+__all__ = ["CoordinatorHost", "ensure_host", "find_hosted_coordinator"]
 
 logger = logging.getLogger(__name__)
+
+_PING_TIMEOUT_S = 5
+
+
+@dataclass
+class _Hosted:
+    token: str
+    handle: ray.actor.ActorHandle
 
 
 @ray.remote(num_cpus=0, max_concurrency=16)
 class CoordinatorHost:
-    """Creates coordinators and keeps their handles (a non-detached actor lives while one is held)."""
+    """Creates coordinators, hands them their jobs and keeps their handles (an actor lives while held)."""
 
     def __init__(self):
         configure_service_logging()
-        self._coordinators: dict[str, ray.actor.ActorHandle] = {}
+        self._lock = threading.Lock()
+        self._coordinators: dict[str, _Hosted] = {}  # by coordinator name: one per job attempt
+        self._assignments: dict[str, Assignment] = {}  # by token: what a restarted coordinator asks
+        self._spare: _Hosted | None = self._new_coordinator()  # ready for the first job
 
     def start(self, job_id: str, job_type: str, attempt: int, settings: Settings) -> str:
-        """Create the coordinator of a job attempt unless it runs already; returns its name."""
+        """Hand the job attempt to a coordinator unless a live one has it already; returns its name."""
         name = coordinator_name(job_type, job_id, attempt)
-        # get_if_exists: the live coordinator if there is one, a new one if it died (a resume).
-        self._coordinators[name] = JobCoordinator.options(
-            name=name, namespace=settings.ray_namespace, get_if_exists=True, max_restarts=2
-        ).remote(job_id, settings)
+        with self._lock:
+            current = self._coordinators.get(name)
+        if current is not None and self._is_running(current):
+            return name
+        with self._lock:
+            coordinator, self._spare = self._spare or self._new_coordinator(), None
+            assignment = Assignment(name=name, job_id=job_id, settings=settings)
+            self._assignments[coordinator.token] = assignment
+            self._coordinators[name] = coordinator
+        coordinator.handle.adopt.remote(assignment)
         logger.info("job %s: coordinator %s running", job_id[:12], name)
         return name
 
+    def assignment(self, token: str) -> Assignment | None:
+        """The job of the coordinator created with `token` (a restarted coordinator asks)."""
+        with self._lock:
+            return self._assignments.get(token)
+
+    def find(self, name: str) -> ray.actor.ActorHandle | None:
+        """The coordinator of a job attempt, if the host holds one."""
+        with self._lock:
+            hosted = self._coordinators.get(name)
+        return hosted and hosted.handle
+
+    def job_ended(self, name: str) -> None:
+        """A coordinator's job ended: start the next spare now, while the cluster is quiet."""
+        with self._lock:
+            if self._spare is None:
+                self._spare = self._new_coordinator()
+
     def release(self, name: str) -> None:
         """Let go of a finished coordinator: Ray ends an actor once no handle to it is left."""
-        self._coordinators.pop(name, None)
+        with self._lock:
+            hosted = self._coordinators.pop(name, None)
+            if hosted is not None:
+                self._assignments.pop(hosted.token, None)
 
     def count(self) -> int:
-        """Coordinators held (for tests and the curious)."""
+        """Coordinators held, the spare not included (for tests and the curious)."""
         return len(self._coordinators)
+
+    def spare(self) -> ray.actor.ActorHandle | None:
+        """The coordinator waiting for the next job, if there is one (for tests and the curious)."""
+        return self._spare and self._spare.handle
+
+    def _new_coordinator(self) -> _Hosted:
+        token = uuid.uuid4().hex
+        host = ray.get_runtime_context().current_actor
+        return _Hosted(token, JobCoordinator.options(max_restarts=2).remote(host, token))
+
+    def _is_running(self, hosted: _Hosted) -> bool:
+        """Whether a coordinator still runs its job (slow to answer counts as running)."""
+        try:
+            return bool(ray.get(hosted.handle.ping.remote(), timeout=_PING_TIMEOUT_S)["running"])
+        except ray.exceptions.RayActorError:
+            return False
+        except ray.exceptions.GetTimeoutError:
+            return True
 
 
 def ensure_host(settings: Settings):
@@ -58,3 +121,12 @@ def ensure_host(settings: Settings):
         get_if_exists=True,
         max_restarts=-1,
     ).remote()
+
+
+def find_hosted_coordinator(name: str, settings: Settings, *, timeout_s: float):
+    """The coordinator the host holds under `name`, or None (no host, or no such coordinator)."""
+    try:
+        host = ray.get_actor(HOST_NAME, namespace=settings.ray_namespace)
+        return ray.get(host.find.remote(name), timeout=timeout_s)
+    except (ValueError, ray.exceptions.RayActorError):
+        return None

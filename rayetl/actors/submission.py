@@ -12,7 +12,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from rayetl.actors.cleanup import clean_up
-from rayetl.actors.host import ensure_host
+from rayetl.actors.host import ensure_host, find_hosted_coordinator
 from rayetl.actors.runtime import coordinator_name
 from rayetl.errors import Conflict, InvalidRequest, NotFound
 from rayetl.models import JobRecord, JobStatus
@@ -103,12 +103,8 @@ def start_coordinator(job: JobRecord, settings: Settings) -> None:
 
 def find_coordinator(job: JobRecord, settings: Settings):
     """The live coordinator of the job's current attempt, or None."""
-    try:
-        return ray.get_actor(
-            coordinator_name(job.job_type, job.id, job.attempt), namespace=settings.ray_namespace
-        )
-    except ValueError:
-        return None
+    name = coordinator_name(job.job_type, job.id, job.attempt)
+    return find_hosted_coordinator(name, settings, timeout_s=_HOST_TIMEOUT_S)
 
 
 def _require_job(pool: ConnectionPool, job_id: str) -> JobRecord:

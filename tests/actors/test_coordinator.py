@@ -3,6 +3,7 @@
 import ray
 from conftest import wait_until
 
+from rayetl.actors.host import find_hosted_coordinator
 from rayetl.actors.janitor import JANITOR_NAME
 from rayetl.actors.runtime import coordinator_name
 from rayetl.store import audit
@@ -26,7 +27,8 @@ def _start_and_reach_reply_stage(api, pool, params) -> str:
 
 
 def _coordinator(settings, job_id, attempt=1):
-    return ray.get_actor(coordinator_name("hello_world", job_id, attempt), namespace=settings.ray_namespace)
+    name = coordinator_name("hello_world", job_id, attempt)
+    return find_hosted_coordinator(name, settings, timeout_s=10)
 
 
 def test_killed_coordinator_is_resumed_by_the_janitor_without_redoing_durable_stages(

@@ -1,0 +1,40 @@
+"""The coordinator host starts each job's coordinator ahead of the job, and lets it go afterwards."""
+
+import ray
+from conftest import wait_until
+
+from rayetl.actors.host import ensure_host, find_hosted_coordinator
+from rayetl.actors.runtime import coordinator_name
+
+
+def _actor_id(handle) -> str:
+    return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()))
+
+
+def test_a_job_runs_on_the_spare_coordinator_started_before_it(api, pool, settings, wait_for_job, unique):
+    host = ensure_host(settings)
+    wait_until(lambda: ray.get(host.spare.remote()) is not None, timeout_s=30, what="a spare coordinator")
+    spare_id = _actor_id(ray.get(host.spare.remote()))
+
+    job_id = api.post("/api/jobs/hello_world", json={"n": 2, "message": unique, "sleep_s": 1}).json()[
+        "job_id"
+    ]
+    with pool.connection() as conn:
+        attempt = conn.execute("SELECT attempt FROM rayetl.jobs WHERE id = %s", (job_id,)).fetchone()[
+            "attempt"
+        ]
+    name = coordinator_name("hello_world", job_id, attempt)
+    coordinator = find_hosted_coordinator(name, settings, timeout_s=10)
+    assert coordinator is not None and _actor_id(coordinator) == spare_id
+
+    assert wait_for_job(job_id, timeout_s=60).status == "completed"
+    # Once the job has ended, a new spare waits for the next job and the finished one is let go.
+    wait_until(
+        lambda: (
+            ray.get(host.spare.remote()) is not None
+            and find_hosted_coordinator(name, settings, timeout_s=10) is None
+        ),
+        timeout_s=30,
+        what="a new spare, and the finished coordinator released",
+    )
+    assert _actor_id(ray.get(host.spare.remote())) != spare_id
