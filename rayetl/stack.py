@@ -83,12 +83,15 @@ def stack_state(settings: Settings) -> dict | None:
 
 
 def _start_ray_head(settings: Settings) -> tuple[int, str]:
+    from rayetl.actors.runtime import worker_pool_env
+
     port = _free_port()
     log = open(settings.home / "ray-head.log", "ab")  # noqa: SIM115 - handed to the child process
     ray_cli = Path(sys.executable).with_name("ray")
     # The local stack is private to this machine: no token auth (see README, "Ray and auth").
     # A one-node cluster has nowhere to drain to: don't let shutdown wait Ray's default 30 s.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "3"}
+    env = {**worker_pool_env(), **env}
     process = subprocess.Popen(
         [
             str(ray_cli), "start", "--head", "--block", f"--port={port}",

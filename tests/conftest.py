@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from rayetl.actors.runtime import worker_pool_env
 from rayetl.devdb import DevDatabase
 from rayetl.models import JobRecord
 from rayetl.settings import Settings
@@ -89,6 +90,7 @@ def ray_cluster(settings: Settings) -> Iterator[str]:
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.update(worker_pool_env())
     # "local": never join a cluster another process left in /tmp/ray/ray_current_cluster.
     ray.init(address="local", namespace=settings.ray_namespace, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address

@@ -385,18 +385,24 @@ def _state_api(dashboard_port: int, kind: str) -> list[dict]:
 
 
 def _assert_dashboard_shows_readable_names(dashboard_port: int, job_id: str) -> None:
-    """A person can follow the job in the dashboard: named coordinator, tasks named type:stage:key."""
+    """A person can follow the job in the dashboard: its coordinator's task named after the job attempt,
+    on a JobCoordinator actor, and the job's tasks named type:stage:key."""
     coordinator = f"rayetl-job-hello_world-{job_id[:12]}-a1"
-    assert any(a["name"] == coordinator for a in _state_api(dashboard_port, "actors"))
-    expected = {"hello_world:greet:greet-0", "hello_world:greet:greet-1", "hello_world:reply:reply-1"}
-    seen: set[str] = set()
+    expected = {
+        coordinator,
+        "hello_world:greet:greet-0",
+        "hello_world:greet:greet-1",
+        "hello_world:reply:reply-1",
+    }
+    seen: dict[str, str] = {}
 
     def listed() -> bool:
-        seen.update(t["name"] for t in _state_api(dashboard_port, "tasks"))
-        return expected <= seen
+        seen.update((t["name"], t["func_or_class_name"]) for t in _state_api(dashboard_port, "tasks"))
+        return expected <= set(seen)
 
     if not wait_until_or_none(listed, timeout_s=30):
         pytest.fail(f"the dashboard does not list {sorted(expected)}; it lists {sorted(seen)}")
+    assert seen[coordinator] == "JobCoordinator.adopt"
 
 
 @pytest.mark.stack

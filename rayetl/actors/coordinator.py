@@ -266,7 +266,9 @@ class Assignment:
 class JobCoordinator:
     """One per job attempt, started ahead of its job by the host (see actors/host.py).
 
-    `adopt` hands it the job, which runs in a thread so the actor still answers ping and cancel.
+    `adopt` hands it the job, which runs in a thread so the actor still answers ping and cancel;
+    the host calls adopt as a task named after the job attempt, which lasts as long as the job, so
+    the dashboard shows which job a coordinator runs (an actor's own name is fixed before it has one).
     Restarted by Ray after its process died, it asks the host for its job again and resumes it.
     (Queueing run() on the actor's own handle instead was lost after a restart.)
     """
@@ -282,13 +284,17 @@ class JobCoordinator:
         if ray.get_runtime_context().was_current_actor_reconstructed:
             assignment = ray.get(host.assignment.remote(token), timeout=_HOST_TIMEOUT_S)
             if assignment is not None:
-                self.adopt(assignment)
+                self._start(assignment)
 
     def adopt(self, assignment: Assignment) -> None:
-        """Run this job attempt (once: a second call, e.g. after a restart's own resume, is ignored)."""
+        """Run this job attempt and return when it has ended (a second call only waits for it)."""
+        self._start(assignment)
+        self._thread.join()
+
+    def _start(self, assignment: Assignment) -> None:
         with self._lock:
             if self._assignment is not None:
-                return
+                return  # e.g. a restarted coordinator resumed its job before adopt arrived
             self._assignment = assignment
             self._runner = JobRunner(assignment.job_id, assignment.settings, self._cancel)
             self._thread = threading.Thread(

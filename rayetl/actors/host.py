@@ -7,14 +7,16 @@ this one detached actor share one warm pool of workers instead.
 
 A coordinator is a new process too, and starting one (Python, Ray, every job type's imports) took
 1.5-3 s of every job. So the host starts the next job's coordinator ahead of time, while nothing
-runs: a spare that has done its imports and waits. A submission hands the spare its job and a new
-spare is started once the job has ended. A coordinator still lives for one job attempt; when it ends
-it asks the host to let go of it. If the host itself dies, the coordinators it owns die with it and
-the janitor resumes their jobs.
+runs: a spare that has done its imports and waits. A submission hands the spare its job; the next
+spare starts once the job has ended (or, if its coordinator died, once no coordinator runs a job),
+so that its start-up does not take CPU from a running job. A coordinator still lives for one job
+attempt; when it ends it asks the host to let go of it. If the host itself dies, the coordinators it
+owns die with it and the janitor resumes their jobs.
 """
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -30,6 +32,7 @@ __all__ = ["CoordinatorHost", "ensure_host", "find_hosted_coordinator"]
 logger = logging.getLogger(__name__)
 
 _PING_TIMEOUT_S = 5
+_QUIET_CHECK_S = 2.0
 
 
 @dataclass
@@ -48,6 +51,7 @@ class CoordinatorHost:
         self._coordinators: dict[str, _Hosted] = {}  # by coordinator name: one per job attempt
         self._assignments: dict[str, Assignment] = {}  # by token: what a restarted coordinator asks
         self._spare: _Hosted | None = self._new_coordinator()  # ready for the first job
+        threading.Thread(target=self._keep_a_spare, name="spare-keeper", daemon=True).start()
 
     def start(self, job_id: str, job_type: str, attempt: int, settings: Settings) -> str:
         """Hand the job attempt to a coordinator unless a live one has it already; returns its name."""
@@ -61,7 +65,7 @@ class CoordinatorHost:
             assignment = Assignment(name=name, job_id=job_id, settings=settings)
             self._assignments[coordinator.token] = assignment
             self._coordinators[name] = coordinator
-        coordinator.handle.adopt.remote(assignment)
+        coordinator.handle.adopt.options(name=name).remote(assignment)  # named: see JobCoordinator
         logger.info("job %s: coordinator %s running", job_id[:12], name)
         return name
 
@@ -97,6 +101,23 @@ class CoordinatorHost:
         """The coordinator waiting for the next job, if there is one (for tests and the curious)."""
         return self._spare and self._spare.handle
 
+    def _keep_a_spare(self) -> None:
+        """Start a spare once no coordinator runs a job, even if the last one died without job_ended."""
+        while True:
+            time.sleep(_QUIET_CHECK_S)
+            with self._lock:
+                if self._spare is not None:
+                    continue
+                held = list(self._coordinators.items())
+            states = {name: self._state(hosted) for name, hosted in held}
+            with self._lock:
+                for name, hosted in held:  # killed, or died past its restarts: nothing to hold on to
+                    if states[name] == "dead" and self._coordinators.get(name) is hosted:
+                        self._coordinators.pop(name)
+                        self._assignments.pop(hosted.token, None)
+                if "running" not in states.values() and self._spare is None:
+                    self._spare = self._new_coordinator()
+
     def _new_coordinator(self) -> _Hosted:
         token = uuid.uuid4().hex
         host = ray.get_runtime_context().current_actor
@@ -104,12 +125,17 @@ class CoordinatorHost:
 
     def _is_running(self, hosted: _Hosted) -> bool:
         """Whether a coordinator still runs its job (slow to answer counts as running)."""
+        return self._state(hosted) == "running"
+
+    def _state(self, hosted: _Hosted) -> str:
+        """'running' (or slow to answer), 'idle' (no job, or its job ended) or 'dead'."""
         try:
-            return bool(ray.get(hosted.handle.ping.remote(), timeout=_PING_TIMEOUT_S)["running"])
+            running = ray.get(hosted.handle.ping.remote(), timeout=_PING_TIMEOUT_S)["running"]
         except ray.exceptions.RayActorError:
-            return False
+            return "dead"
         except ray.exceptions.GetTimeoutError:
-            return True
+            return "running"
+        return "running" if running else "idle"
 
 
 def ensure_host(settings: Settings):

@@ -15,6 +15,7 @@ __all__ = [
     "coordinator_name",
     "local_ray_address",
     "task_name",
+    "worker_pool_env",
 ]
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,18 @@ def task_name(job_type: str, stage: str, key: str) -> str:
     return f"{job_type}:{stage}:{key}"
 
 
+def worker_pool_env(cpus: int | None = None) -> dict[str, str]:
+    """Ray settings (environment, read when a node starts) that keep enough warm workers.
+
+    Ray keeps idle workers up to one per CPU and kills the rest after a second. rayetl's tasks take
+    half a CPU (uploads, tiles) or none (publish, catalog), so a job runs up to ~2 per CPU at once,
+    and every job started the extra worker processes again: 2-3 s of start-up and imports each,
+    measured here, before its tasks could run.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return {"RAY_num_workers_soft_limit": str(2 * cpus + 2)}
+
+
 def local_ray_address(settings: Settings) -> Path:
     """File where `rayetl up` writes the address of the Ray head it started."""
     return settings.home.absolute() / "ray-address"
@@ -49,6 +62,8 @@ def connect_ray(settings: Settings) -> None:
         # A private cluster for this process only: no token auth, nobody else can reach it.
         # "local" also keeps ray.init from joining whatever cluster /tmp/ray last recorded.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        for name, value in worker_pool_env().items():
+            os.environ.setdefault(name, value)
         address = "local"
     logger.info("joining Ray at %s", address or "a new local cluster")
     ray.init(

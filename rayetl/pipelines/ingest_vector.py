@@ -6,6 +6,7 @@ chunk COPYs it into the job's staging table exactly once while the file is still
 publish indexes the staging table and swaps it in atomically; a failed or cancelled job drops it.
 """
 
+import functools
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -158,6 +159,7 @@ def publish(params: IngestVectorParams, loaded: dict[str, Any]) -> dict[str, Any
             attribute_indexes=params.indexes.attributes,
             temporal_indexes=params.indexes.temporal,
             job_id=ctx.job_id,
+            connect=functools.partial(connect, ctx.settings),
         )
     return {"table": published.model_dump(mode="json"), **loaded}
 
