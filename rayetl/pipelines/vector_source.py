@@ -5,9 +5,12 @@ wheels have no Parquet driver. KML goes through GDAL's LIBKML driver (a KMZ thro
 it). A batch holds at most batch_size features, so no process holds the whole file.
 """
 
+import logging
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -25,6 +28,13 @@ from pyproj.exceptions import CRSError
 
 from rayetl.errors import InvalidRequest, NotFound, PermanentError
 from rayetl.pipelines.contract import JobParams
+from rayetl.pipelines.csv_types import (
+    CsvNotTyped,
+    column_types,
+    read_typed,
+    readable_without_gdal,
+    write_csvt,
+)
 from rayetl.pipelines.vector_columns import (
     geoparquet_columns,
     points_from_columns,
@@ -44,6 +54,8 @@ __all__ = [
     "parse_crs",
     "read_batches",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class VectorFormat(StrEnum):
@@ -240,7 +252,12 @@ def read_batches(
     layers = _gdal_layers(path, fmt, source)
     chosen = _choose_layer(source, layers, converter.layer_name)
     try:
-        yield from _read_gdal(chosen, fmt, converter, batch_size, source)
+        types = _csv_column_types(chosen) if fmt is VectorFormat.CSV and converter.lat_name else None
+        if types and readable_without_gdal(types):
+            yield from _read_csv_with_arrow(chosen, converter, types, batch_size, source)
+            return
+        with _typed_csv(chosen, fmt, converter, types) as (chosen, options):
+            yield from _read_gdal(chosen, fmt, converter, batch_size, source, options)
     except (*_GDAL_ERRORS, OSError) as exc:  # GDAL's stream reports a corrupt feature as an OSError
         raise PermanentError(
             f"{source}: reading failed ({_gdal_text(exc, path)}); the file may be truncated or corrupt"
@@ -357,7 +374,11 @@ def _gdal_info(path: str | Path, fmt: VectorFormat, converter: ConverterParams, 
     layers = _gdal_layers(path, fmt, source)
     chosen = _choose_layer(source, layers, converter.layer_name)
     try:  # without the CSV open options: column names need no type detection (a full scan)
-        info = pyogrio.read_info(chosen.dataset, layer=chosen.name)
+        info = (
+            _csv_info(chosen.dataset)
+            if fmt is VectorFormat.CSV
+            else pyogrio.read_info(chosen.dataset, layer=chosen.name)
+        )
     except _GDAL_ERRORS as exc:
         raise InvalidRequest(
             f"{source}: cannot read layer {chosen.name!r} ({_gdal_text(exc, path)})"
@@ -379,6 +400,25 @@ def _gdal_info(path: str | Path, fmt: VectorFormat, converter: ConverterParams, 
     )
 
 
+def _csv_info(path: str) -> dict:
+    """What read_info says of a CSV, without GDAL's feature count: it parses every row (~1 s per 1M).
+
+    The count is of the non-blank lines after the header, which is the number of features unless a
+    quoted value spans lines; it only sizes the chunks and tells an empty file.
+    """
+    with pyogrio.raw.open_arrow(path, batch_size=1, use_pyarrow=True) as (meta, _):
+        pass
+    with open(path, "rb") as file:
+        lines = sum(1 for line in file if line.strip())
+    return {
+        "driver": "CSV",
+        "fields": meta["fields"],
+        "geometry_type": None,
+        "crs": None,
+        "features": max(lines - 1, 0),
+    }
+
+
 def _unzipped_size(path: str | Path) -> int | None:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -398,10 +438,70 @@ def _open_options(fmt: VectorFormat, converter: ConverterParams) -> dict[str, st
     return options
 
 
-def _read_gdal(
-    layer: _Layer, fmt: VectorFormat, converter: ConverterParams, batch_size: int, source: str
-) -> Iterator[RawBatch]:
+def _csv_column_types(layer: _Layer) -> list[str] | None:
+    """GDAL's types of a CSV's columns (see csv_types.py), or None to let GDAL detect them itself."""
+    try:
+        types = column_types(layer.dataset)
+    except CsvNotTyped as exc:
+        logger.info("%s: GDAL detects the CSV types itself (%s)", layer.dataset, exc)
+        return None
+    with pyogrio.raw.open_arrow(layer.dataset, batch_size=1, use_pyarrow=True) as (meta, _):
+        fields = meta["fields"]
+    return types if len(types) == len(fields) else None
+
+
+@contextmanager
+def _typed_csv(
+    layer: _Layer, fmt: VectorFormat, converter: ConverterParams, types: list[str] | None
+) -> Iterator[tuple[_Layer, dict[str, str]]]:
+    """The layer GDAL reads and its open options: with `types`, the CSV beside a .csvt of them.
+
+    GDAL then reads the CSV once instead of scanning it for types first (see csv_types.py). The
+    file is linked into a temporary folder, never written beside the user's file.
+    """
     options = _open_options(fmt, converter)
+    if types is None:
+        yield layer, options
+        return
+    with tempfile.TemporaryDirectory(prefix="rayetl-csv-") as folder:
+        link = Path(folder) / Path(layer.dataset).name
+        link.symlink_to(Path(layer.dataset).absolute())
+        write_csvt(link.with_suffix(".csvt"), types)
+        options = {name: value for name, value in options.items() if not name.startswith("AUTODETECT_")}
+        yield _Layer(str(link), layer.name), options
+
+
+def _read_csv_with_arrow(
+    layer: _Layer, converter: ConverterParams, types: list[str], batch_size: int, source: str
+) -> Iterator[RawBatch]:
+    """A lat/lon CSV read by pyarrow, typed as GDAL types it: ~1/7 of the time GDAL's reader takes."""
+    with pyogrio.raw.open_arrow(layer.dataset, batch_size=1, use_pyarrow=True) as (meta, _):
+        names = [str(name) for name in meta["fields"]]  # as GDAL names them (blank or repeated names)
+    _check_csv_columns(converter, names, source)  # checked again: the file may have changed since
+    crs = _csv_crs(converter)
+    geographic = CRS.from_user_input(crs).is_geographic
+    first_row = 1
+    try:
+        for table in read_typed(layer.dataset, names, types, batch_size):
+            rows = np.arange(first_row, first_row + table.num_rows)
+            first_row += table.num_rows
+            lat, lon = table.column(converter.lat_name), table.column(converter.lon_name)
+            geometry, invalid, reasons = points_from_columns(lat, lon, geographic=geographic)
+            yield RawBatch(source, table, geometry, rows, crs, "Point", invalid, reasons)
+    except pa.ArrowInvalid as exc:  # the file changed between the two passes, or was cut short
+        raise PermanentError(
+            f"{source}: reading failed ({exc}); the file may have changed or be corrupt"
+        ) from exc
+
+
+def _read_gdal(
+    layer: _Layer,
+    fmt: VectorFormat,
+    converter: ConverterParams,
+    batch_size: int,
+    source: str,
+    options: dict[str, str],
+) -> Iterator[RawBatch]:
     first_row = 1
     with warnings.catch_warnings():
         # GDAL warns once per unparsable WKT; those rows are counted and reported instead.
