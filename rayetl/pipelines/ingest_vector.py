@@ -183,8 +183,8 @@ def plan_publish(params: IngestVectorParams, outputs: Mapping[str, StageOutputs]
 # -- catalog --------------------------------------------------------------------------------------
 
 
-def catalog(params: IngestVectorParams) -> dict[str, Any]:
-    """Create or replace the table's STAC item."""
+def catalog(params: IngestVectorParams, published: dict[str, Any]) -> dict[str, Any]:
+    """Create or replace the table's STAC item, from the description publish made of the table."""
     ctx = current_task()
     cataloged = catalog_table(
         ctx.settings,
@@ -197,13 +197,15 @@ def catalog(params: IngestVectorParams) -> dict[str, Any]:
             format=params.format.value,
             job_id=ctx.job_id,
         ),
+        published=postgis.TablePublished(**published),
     )
     return cataloged.model_dump(mode="json")
 
 
 def plan_catalog(params: IngestVectorParams, outputs: Mapping[str, StageOutputs]) -> list[TaskSpec]:
-    """One task."""
-    return [TaskSpec(key="catalog", args=(params,))]
+    """One task, with the published table's description."""
+    (published,) = outputs["publish"].values()
+    return [TaskSpec(key="catalog", args=(params, published["table"]))]
 
 
 # -- the job --------------------------------------------------------------------------------------

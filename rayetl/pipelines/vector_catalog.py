@@ -45,10 +45,15 @@ def catalog_table(
     *,
     temporal_column: str | None = None,
     source: TableSource | None = None,
+    published: TablePublished | None = None,
 ) -> CatalogedTable:
-    """Create or replace the table's item (id `schema.table`) in collection_id, created if missing."""
+    """Create or replace the table's item (id `schema.table`) in collection_id, created if missing.
+
+    `published`: the table's description made when it was published (its rows and extent cost a
+    full scan to find again), else the table is described here.
+    """
     with connect(settings) as conn:
-        published = describe_table(conn, table)
+        published = published or describe_table(conn, table)
         times = _time_range(conn, table, temporal_column) if temporal_column else (None, None)
         item = _item(settings, table, published, times, collection_id, source or TableSource())
         with conn.transaction():
