@@ -1,5 +1,6 @@
 """The private stack every benchmark runs on: a fresh PostGIS and a local Ray, torn down afterwards."""
 
+import os
 import shutil
 import tempfile
 import time
@@ -42,7 +43,7 @@ def private_stack(**overrides: Any) -> Iterator[tuple[Settings, Any]]:
 
 
 def settle(settings: Settings, *, quiet_s: float = 1.0, timeout_s: float = 60) -> None:
-    """Wait until the stack is as a running service is between jobs, before timing the next run.
+    """Wait until the stack is as a running service is between jobs, and the disk has caught up.
 
     The coordinator host starts the next job's coordinator once a job ends (see actors/host.py);
     a run timed while it starts would share the CPUs with it. Every tool, anchors included, starts
@@ -54,4 +55,5 @@ def settle(settings: Settings, *, quiet_s: float = 1.0, timeout_s: float = 60) -
         time.sleep(0.1)
     if spare is not None:
         ray.get(spare.ping.remote(), timeout=timeout_s)  # answers once its start-up is done
+    os.sync()  # the previous run's output still being written back would slow the next run's disk
     time.sleep(quiet_s)

@@ -134,16 +134,17 @@ def write_output_cog(
     window = None if tile is None else TileWindow(**tile)
     final = output_files(params, None if window is None else [window.key])[0]
     _maybe_fail(params, window, plan)
-    with tempfile.TemporaryDirectory(prefix="rayetl-cog-") as tmp:
-        local = f"{tmp}/{PurePosixPath(final).name}"
-        gdal_path = source.gdal_path(params.blob_name)
-        with rasterio.Env(**READ_OPTIONS, **source.gdal_env()), raster_errors(repr(params.blob_name)):
-            if window is None:
-                written = write_cog(gdal_path, local, options)
-            else:
-                grid = OutputGrid(**plan["grid"])
-                written = write_tile_cog(gdal_path, window, local, options, grid=grid)
-        output.put_file(local, staged_path(params.output_path, ctx.job_id, final))
+    gdal_path = source.gdal_path(params.blob_name)
+    with (
+        output.local_target(staged_path(params.output_path, ctx.job_id, final)) as local,
+        rasterio.Env(**READ_OPTIONS, **source.gdal_env()),
+        raster_errors(repr(params.blob_name)),
+    ):
+        if window is None:
+            written = write_cog(gdal_path, local, options)
+        else:
+            grid = OutputGrid(**plan["grid"])
+            written = write_tile_cog(gdal_path, window, local, options, grid=grid)
     return {"file": final, **written.model_dump(mode="json", exclude={"path"})}
 
 

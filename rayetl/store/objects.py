@@ -155,6 +155,24 @@ class Container:
         logger.debug("container %s: uploaded %s", self.name, path)
         return self.info(path)
 
+    @contextmanager
+    def local_target(self, path: str) -> Iterator[str]:
+        """A local file to write `path` through (GDAL writes files): it becomes `path` when the block ends.
+
+        A local container is written in place, under a hidden name renamed over `path` at the end
+        (no copy of what may be gigabytes); a remote one gets a temporary file, uploaded at the end.
+        If the block raises, nothing appears at `path`.
+        """
+        full = self._file(path)
+        if self._real_root is not None:
+            with self._staged(full) as target:
+                yield target
+            return
+        with tempfile.TemporaryDirectory(prefix="rayetl-") as tmp:
+            local = os.path.join(tmp, full.rpartition("/")[2])
+            yield local
+            self.put_file(local, path)
+
     def get_file(self, path: str, local_path: str | os.PathLike[str]) -> None:
         """Download a file to `local_path`, creating its local parent folders."""
         full = self._file(path)

@@ -249,6 +249,34 @@ def test_put_file_of_missing_local_file_leaves_nothing(container, tmp_path):
     assert container.list() == []
 
 
+def test_local_target_becomes_the_file_when_the_block_ends(container):
+    with container.local_target("out/cog.tif") as local:
+        with open(local, "wb") as file:
+            file.write(b"written by GDAL")
+        assert not container.exists("out/cog.tif")  # not before the writer is done
+    assert container.read_bytes("out/cog.tif") == b"written by GDAL"
+    assert [entry.path for entry in container.list()] == ["out/cog.tif"]
+
+
+def test_local_target_that_fails_leaves_nothing(container):
+    with pytest.raises(RuntimeError, match="writer failed"), container.local_target("out/cog.tif") as local:
+        with open(local, "wb") as file:
+            file.write(b"half a file")
+        raise RuntimeError("writer failed")
+    assert not container.exists("out/cog.tif")
+    assert container.list() == []
+
+
+def test_local_target_of_a_local_container_is_inside_it(tmp_path):
+    container = open_container(make_settings(tmp_path), "bronze", create=True)
+    with container.local_target("out/cog.tif") as local:
+        # Written in place: renamed at the end, never copied (a COG may be gigabytes).
+        assert os.path.dirname(local) == str(tmp_path / "storage" / "bronze" / "out")
+        with open(local, "wb") as file:
+            file.write(b"cog")
+    assert container.read_bytes("out/cog.tif") == b"cog"
+
+
 def test_failed_local_write_leaves_no_temporary_file(tmp_path):
     container = open_container(make_settings(tmp_path), "bronze", create=True)
     container.write_bytes("folder/a.txt", b"a")
