@@ -61,6 +61,8 @@ class CoordinatorHost:
         if current is not None and self._is_running(current):
             return name
         with self._lock:
+            if current is not None:  # if it comes back after all, it finds no job to resume
+                self._assignments.pop(current.token, None)
             coordinator, self._spare = self._spare or self._new_coordinator(), None
             assignment = Assignment(name=name, job_id=job_id, settings=settings)
             self._assignments[coordinator.token] = assignment
@@ -108,15 +110,12 @@ class CoordinatorHost:
             with self._lock:
                 if self._spare is not None:
                     continue
-                held = list(self._coordinators.items())
-            states = {name: self._state(hosted) for name, hosted in held}
-            with self._lock:
-                for name, hosted in held:  # killed, or died past its restarts: nothing to hold on to
-                    if states[name] == "dead" and self._coordinators.get(name) is hosted:
-                        self._coordinators.pop(name)
-                        self._assignments.pop(hosted.token, None)
-                if "running" not in states.values() and self._spare is None:
-                    self._spare = self._new_coordinator()
+                held = list(self._coordinators.values())
+            # A coordinator that does not answer may be restarting: it is not dropped here (that
+            # would end it), only not counted as running; the janitor decides about its job.
+            if not any(self._is_running(hosted) for hosted in held):
+                with self._lock:
+                    self._spare = self._spare or self._new_coordinator()
 
     def _new_coordinator(self) -> _Hosted:
         token = uuid.uuid4().hex
@@ -131,10 +130,10 @@ class CoordinatorHost:
         """'running' (or slow to answer), 'idle' (no job, or its job ended) or 'dead'."""
         try:
             running = ray.get(hosted.handle.ping.remote(), timeout=_PING_TIMEOUT_S)["running"]
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return "running"  # restarting, or slow to answer: not evidence that it is gone
         except ray.exceptions.RayActorError:
             return "dead"
-        except ray.exceptions.GetTimeoutError:
-            return "running"
         return "running" if running else "idle"
 
 

@@ -39,14 +39,16 @@ def _is_coordinator_alive(job: JobRecord, settings: Settings) -> bool:
         return False
     try:
         state = ray.get(coordinator.ping.remote(), timeout=_PING_TIMEOUT_S)
-    except ray.exceptions.RayActorError:
-        return False  # Ray says it is dead (and will not restart)
-    except ray.exceptions.GetTimeoutError:
-        # Slow to answer, e.g. being restarted on a busy node: not evidence that it is gone.
+    except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+        # Being restarted, or slow to answer on a busy node: not evidence that it is gone.
         logger.info(
-            "job %s: coordinator did not answer within %ss; looking again later", job.id[:12], _PING_TIMEOUT_S
+            "job %s: coordinator unavailable or silent for %ss; looking again later",
+            job.id[:12],
+            _PING_TIMEOUT_S,
         )
         return True
+    except ray.exceptions.RayActorError:
+        return False  # Ray says it is dead (and will not restart)
     return bool(state.get("running"))
 
 
