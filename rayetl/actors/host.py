@@ -111,8 +111,8 @@ class CoordinatorHost:
                 if self._spare is not None:
                     continue
                 held = list(self._coordinators.values())
-            # A coordinator that does not answer may be restarting: it is not dropped here (that
-            # would end it), only not counted as running; the janitor decides about its job.
+            # A coordinator that does not answer may be restarting: it counts as running, and it
+            # is never dropped here (that would end it); the janitor decides about its job.
             if not any(self._is_running(hosted) for hosted in held):
                 with self._lock:
                     self._spare = self._spare or self._new_coordinator()
@@ -123,11 +123,11 @@ class CoordinatorHost:
         return _Hosted(token, JobCoordinator.options(max_restarts=2).remote(host, token))
 
     def _is_running(self, hosted: _Hosted) -> bool:
-        """Whether a coordinator still runs its job (slow to answer counts as running)."""
+        """Whether a coordinator still runs its job (restarting or slow to answer counts as running)."""
         return self._state(hosted) == "running"
 
     def _state(self, hosted: _Hosted) -> str:
-        """'running' (or slow to answer), 'idle' (no job, or its job ended) or 'dead'."""
+        """'running' (or restarting, or slow to answer), 'idle' (no job, or its job ended) or 'dead'."""
         try:
             running = ray.get(hosted.handle.ping.remote(), timeout=_PING_TIMEOUT_S)["running"]
         except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
