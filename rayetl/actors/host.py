@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import ray
 
 from rayetl.actors.coordinator import Assignment, JobCoordinator
-from rayetl.actors.runtime import HOST_NAME, coordinator_name
+from rayetl.actors.runtime import HOST_NAME, coordinator_name, ensure_detached
 from rayetl.logs import configure_service_logging
 from rayetl.settings import Settings
 
-__all__ = ["CoordinatorHost", "ensure_host", "find_hosted_coordinator"]
+__all__ = ["CoordinatorHost", "coordinator_state", "ensure_host", "find_hosted_coordinator"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,28 +124,28 @@ class CoordinatorHost:
 
     def _is_running(self, hosted: _Hosted) -> bool:
         """Whether a coordinator still runs its job (restarting or slow to answer counts as running)."""
-        return self._state(hosted) == "running"
+        return coordinator_state(hosted.handle, timeout_s=_PING_TIMEOUT_S) == "running"
 
-    def _state(self, hosted: _Hosted) -> str:
-        """'running' (or restarting, or slow to answer), 'idle' (no job, or its job ended) or 'dead'."""
-        try:
-            running = ray.get(hosted.handle.ping.remote(), timeout=_PING_TIMEOUT_S)["running"]
-        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-            return "running"  # restarting, or slow to answer: not evidence that it is gone
-        except ray.exceptions.RayActorError:
-            return "dead"
-        return "running" if running else "idle"
+
+def coordinator_state(coordinator: ray.actor.ActorHandle, *, timeout_s: float) -> str:
+    """'running' (or restarting, or slow to answer), 'idle' (no job, or its job ended) or 'dead'.
+
+    Only Ray saying the actor died for good is death: a coordinator being restarted or busy on a
+    loaded node answers late or not at all, and is looked at again later.
+    """
+    try:
+        running = ray.get(coordinator.ping.remote(), timeout=timeout_s)["running"]
+    except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+        logger.info("coordinator unavailable or silent for %ss; looking again later", timeout_s)
+        return "running"
+    except ray.exceptions.RayActorError:
+        return "dead"
+    return "running" if running else "idle"
 
 
 def ensure_host(settings: Settings):
     """The cluster's coordinator host, started if it is not running yet."""
-    return CoordinatorHost.options(
-        name=HOST_NAME,
-        namespace=settings.ray_namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-    ).remote()
+    return ensure_detached(CoordinatorHost, HOST_NAME, settings)
 
 
 def find_hosted_coordinator(name: str, settings: Settings, *, timeout_s: float):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import ray
 
 from rayetl.actors.cleanup import clean_up
-from rayetl.actors.runtime import JANITOR_NAME
+from rayetl.actors.host import coordinator_state
+from rayetl.actors.runtime import JANITOR_NAME, ensure_detached
 from rayetl.actors.submission import find_coordinator, record_event, start_coordinator
 from rayetl.logs import configure_service_logging
 from rayetl.models import JobRecord, JobStatus
@@ -35,21 +36,7 @@ class Decision:
 
 def _is_coordinator_alive(job: JobRecord, settings: Settings) -> bool:
     coordinator = find_coordinator(job, settings)
-    if coordinator is None:
-        return False
-    try:
-        state = ray.get(coordinator.ping.remote(), timeout=_PING_TIMEOUT_S)
-    except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-        # Being restarted, or slow to answer on a busy node: not evidence that it is gone.
-        logger.info(
-            "job %s: coordinator unavailable or silent for %ss; looking again later",
-            job.id[:12],
-            _PING_TIMEOUT_S,
-        )
-        return True
-    except ray.exceptions.RayActorError:
-        return False  # Ray says it is dead (and will not restart)
-    return bool(state.get("running"))
+    return coordinator is not None and coordinator_state(coordinator, timeout_s=_PING_TIMEOUT_S) == "running"
 
 
 @ray.remote(num_cpus=0, max_concurrency=2)
@@ -103,10 +90,4 @@ class Janitor:
 
 def ensure_janitor(settings: Settings):
     """The cluster's janitor, started if it is not running yet."""
-    return Janitor.options(
-        name=JANITOR_NAME,
-        namespace=settings.ray_namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-    ).remote(settings)
+    return ensure_detached(Janitor, JANITOR_NAME, settings, settings)

@@ -13,6 +13,7 @@ __all__ = [
     "JANITOR_NAME",
     "connect_ray",
     "coordinator_name",
+    "ensure_detached",
     "local_ray_address",
     "task_name",
     "worker_pool_env",
@@ -32,6 +33,17 @@ def coordinator_name(job_type: str, job_id: str, attempt: int) -> str:
 def task_name(job_type: str, stage: str, key: str) -> str:
     """A task's name in the dashboard: <job_type>:<stage>:<key>."""
     return f"{job_type}:{stage}:{key}"
+
+
+def ensure_detached(actor_class, name: str, settings: Settings, *args):
+    """The cluster's one named, detached, always-restarted `actor_class`, created if it is missing."""
+    return actor_class.options(
+        name=name,
+        namespace=settings.ray_namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+    ).remote(*args)
 
 
 def worker_pool_env(cpus: int | None = None) -> dict[str, str]:

@@ -252,11 +252,11 @@ def read_batches(
     layers = _gdal_layers(path, fmt, source)
     chosen = _choose_layer(source, layers, converter.layer_name)
     try:
-        types = _csv_column_types(chosen) if fmt is VectorFormat.CSV and converter.lat_name else None
-        if types and readable_without_gdal(types):
-            yield from _read_csv_with_arrow(chosen, converter, types, batch_size, source)
+        columns = _csv_columns(chosen) if fmt is VectorFormat.CSV and converter.lat_name else None
+        if columns and readable_without_gdal(columns.types):
+            yield from _read_csv_with_arrow(chosen, converter, columns, batch_size, source)
             return
-        with _typed_csv(chosen, fmt, converter, types) as (chosen, options):
+        with _typed_csv(chosen, fmt, converter, columns and columns.types) as (chosen, options):
             yield from _read_gdal(chosen, fmt, converter, batch_size, source, options)
     except (*_GDAL_ERRORS, OSError) as exc:  # GDAL's stream reports a corrupt feature as an OSError
         raise PermanentError(
@@ -438,16 +438,22 @@ def _open_options(fmt: VectorFormat, converter: ConverterParams) -> dict[str, st
     return options
 
 
-def _csv_column_types(layer: _Layer) -> list[str] | None:
-    """GDAL's types of a CSV's columns (see csv_types.py), or None to let GDAL detect them itself."""
+@dataclass(frozen=True)
+class _CsvColumns:
+    names: list[str]  # as GDAL names them (blank or repeated names included)
+    types: list[str]  # GDAL's types, found by csv_types
+
+
+def _csv_columns(layer: _Layer) -> _CsvColumns | None:
+    """A CSV's columns with GDAL's types (see csv_types.py), or None to let GDAL detect them itself."""
     try:
         types = column_types(layer.dataset)
     except CsvNotTyped as exc:
         logger.info("%s: GDAL detects the CSV types itself (%s)", layer.dataset, exc)
         return None
     with pyogrio.raw.open_arrow(layer.dataset, batch_size=1, use_pyarrow=True) as (meta, _):
-        fields = meta["fields"]
-    return types if len(types) == len(fields) else None
+        names = [str(name) for name in meta["fields"]]
+    return _CsvColumns(names, types) if len(types) == len(names) else None
 
 
 @contextmanager
@@ -472,17 +478,15 @@ def _typed_csv(
 
 
 def _read_csv_with_arrow(
-    layer: _Layer, converter: ConverterParams, types: list[str], batch_size: int, source: str
+    layer: _Layer, converter: ConverterParams, columns: _CsvColumns, batch_size: int, source: str
 ) -> Iterator[RawBatch]:
     """A lat/lon CSV read by pyarrow, typed as GDAL types it: ~1/7 of the time GDAL's reader takes."""
-    with pyogrio.raw.open_arrow(layer.dataset, batch_size=1, use_pyarrow=True) as (meta, _):
-        names = [str(name) for name in meta["fields"]]  # as GDAL names them (blank or repeated names)
-    _check_csv_columns(converter, names, source)  # checked again: the file may have changed since
+    _check_csv_columns(converter, columns.names, source)  # checked again: the file may have changed since
     crs = _csv_crs(converter)
     geographic = CRS.from_user_input(crs).is_geographic
     first_row = 1
     try:
-        for table in read_typed(layer.dataset, names, types, batch_size):
+        for table in read_typed(layer.dataset, columns.names, columns.types, batch_size):
             rows = np.arange(first_row, first_row + table.num_rows)
             first_row += table.num_rows
             lat, lon = table.column(converter.lat_name), table.column(converter.lon_name)
