@@ -17,6 +17,7 @@ from rayetl.actors.cleanup import clean_up
 from rayetl.actors.schedule import check_plan, resume_index
 from rayetl.actors.stage_run import JobCancelled, StageFailed, StageRun, resolve_handles, task_id
 from rayetl.actors.streamed_pair import StreamedPair
+from rayetl.actors.tasks import warm_worker_pool
 from rayetl.errors import PermanentError
 from rayetl.logs import configure_service_logging
 from rayetl.models import JobRecord, JobStatus, StageProgress
@@ -285,6 +286,8 @@ class JobCoordinator:
             assignment = ray.get(host.assignment.remote(token), timeout=_HOST_TIMEOUT_S)
             if assignment is not None:
                 self._start(assignment)
+        else:  # a spare, started while the cluster is quiet: warm the workers its job will use too
+            self._warming = warm_worker_pool()
 
     def adopt(self, assignment: Assignment) -> None:
         """Run this job attempt and return when it has ended (a second call only waits for it)."""

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from rayetl.errors import PermanentError
 from rayetl.pipelines.contract import StreamItem, TaskContext, task_context
 
-__all__ = ["execute_stream_task", "execute_task", "summarize_output"]
+__all__ = ["execute_stream_task", "execute_task", "summarize_output", "warm_worker_pool"]
 
 _MAX_INLINE_SUMMARY_BYTES = 2_000
 
@@ -67,6 +67,25 @@ def execute_stream_task(fn: Callable[..., Any], ctx: TaskContext, *args: Any, **
             yield item.data
             items += 1
     yield {"report": _report(started, time.time(), {"items": items}, None)}
+
+
+@ray.remote(max_retries=0, num_cpus=0)
+def _import_job_code() -> int:
+    import rayetl.pipelines  # noqa: F401  every job type's modules: geopandas, rasterio, pystac...
+
+    return os.getpid()
+
+
+def warm_worker_pool() -> list[ray.ObjectRef]:
+    """Have idle worker processes import the job code now, not when a job's tasks first land on them.
+
+    A worker imports a task's module on its first task: ~1-1.5 s here, which held back a job's
+    second tile or upload by as much. One warm-up task per worker a job runs at once (uploads and
+    tiles take half a CPU or one); a warm worker finishes it at once, so a cold one takes the next.
+    Fire and forget: the refs only tell a caller when the pool is warm.
+    """
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return [_import_job_code.remote() for _ in range(2 * cpus)]
 
 
 def _report(started: float, finished: float, summary: dict[str, Any], output: Any) -> dict[str, Any]:

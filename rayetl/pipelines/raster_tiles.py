@@ -122,7 +122,7 @@ def write_tile_cog(
                 )
             srcwin = f"{window.col_off},{window.row_off},{window.width},{window.height}"
             with rasterio.open(f"vrt://{src_path}?srcwin={srcwin}") as piece:
-                return write_dataset_cog(piece, dst_path, options)
+                return write_dataset_cog(piece, dst_path, options, one_pass=True)
         transform = rasterio.Affine(*grid.transform) @ rasterio.Affine.translation(
             window.col_off, window.row_off
         )
@@ -130,7 +130,7 @@ def write_tile_cog(
             crs=grid.crs, transform=tuple(transform)[:6], width=window.width, height=window.height
         )
         with warped_source(src, tile_grid, options) as vrt:
-            return write_dataset_cog(vrt, dst_path, options, nodata_applied=True)
+            return write_dataset_cog(vrt, dst_path, options, nodata_applied=True, one_pass=True)
 
 
 def build_vrt(tile_paths: Sequence[str], dst_path: str, *, source_names: Sequence[str] | None = None) -> str:

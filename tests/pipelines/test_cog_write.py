@@ -303,3 +303,50 @@ def test_write_cog_converts_every_corpus_raster(tmp_path, corpus):
             facts["count"],
         )
         assert result.dtype == facts["dtype"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_one_pass_writes_the_cog_cog_translate_writes(tmp_path, sample, spy_cog_translate):
+    """Tiles use GDAL's COG driver: same pixels, mask, nodata, blocks and overviews as rio-cogeo's."""
+    source = SAMPLES[sample](tmp_path / f"{sample}.tif")
+    options = CogOptions(compression="zstd", overview_resampling="average", threads=1)
+
+    with rasterio.open(source) as src:
+        one_pass = cog_write.write_dataset_cog(src, str(tmp_path / "one_pass.tif"), options, one_pass=True)
+        two_pass = cog_write.write_dataset_cog(src, str(tmp_path / "two_pass.tif"), options)
+
+    assert len(spy_cog_translate) == 1  # only the second went through rio-cogeo
+    assert cog_validate(one_pass.path, quiet=True)[0]
+    assert_same_pixels(two_pass.path, one_pass.path)
+    with rasterio.open(one_pass.path) as ours, rasterio.open(two_pass.path) as theirs:
+        assert ours.block_shapes == theirs.block_shapes
+        assert ours.compression == theirs.compression
+        assert ours.overviews(1) == theirs.overviews(1)
+        for level in range(1, len(ours.overviews(1)) + 1):  # overviews averaged alike
+            assert np.array_equal(
+                ours.read(out_shape=(ours.count, *_overview_shape(ours, level))),
+                theirs.read(out_shape=(theirs.count, *_overview_shape(theirs, level))),
+                equal_nan=True,
+            )
+
+
+def _overview_shape(dataset, level: int) -> tuple[int, int]:
+    factor = dataset.overviews(1)[level - 1]
+    return -(-dataset.height // factor), -(-dataset.width // factor)
+
+
+def test_one_pass_leaves_nodata_overrides_and_lossy_masks_to_cog_translate(tmp_path, spy_cog_translate):
+    categorical = raster_samples.categorical_uint8(tmp_path / "cat.tif")
+    rgb = raster_samples.rgb_uint8(tmp_path / "rgb.tif", size=600)
+
+    with rasterio.open(categorical) as src:
+        overridden = cog_write.write_dataset_cog(
+            src, str(tmp_path / "a.tif"), CogOptions(nodata=1), one_pass=True
+        )
+    with rasterio.open(rgb) as src:
+        cog_write.write_dataset_cog(
+            src, str(tmp_path / "b.tif"), CogOptions(compression="jpeg"), one_pass=True
+        )
+
+    assert len(spy_cog_translate) == 2
+    assert overridden.nodata == 1
