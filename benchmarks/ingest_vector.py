@@ -10,13 +10,16 @@ PostGIS in the same run, with:
    when SQLAlchemy or GeoAlchemy2 is not installed).
 
 Each timing runs from the start of the load to a loaded and indexed table; row counts are checked
-in the database afterwards. It also samples (psutil, every 0.1 s) the resident memory of the Ray
-worker processes (`ray::…`) during the rayetl loads and prints the largest one's peak.
+in the database afterwards. Every loader runs --repeat times (default 3), taking turns, each run
+into its own table; the table compares each loader's best run and lists every run below it. It
+also samples (psutil, every 0.1 s) the resident memory of the Ray worker processes (`ray::…`)
+during the rayetl loads and prints the largest one's peak.
 Targets: rayetl at >= 2x ogr2ogr's rows/s on the points and the CSV, >= 1.5x on the polygons,
 >= 4x to_postgis on all; with --big (5,000,000 more points, rayetl only), no worker above 1.5 GB.
 
     .venv/bin/python benchmarks/ingest_vector.py [--points 1000000] [--polygons 200000] [--csv 1000000]
-    .venv/bin/python benchmarks/ingest_vector.py --points 20000 --polygons 5000 --csv 20000  # quick
+    .venv/bin/python benchmarks/ingest_vector.py --points 20000 --polygons 5000 --csv 20000 \\
+        --repeat 1  # quick
     .venv/bin/python benchmarks/ingest_vector.py --big
 """
 
@@ -26,7 +29,7 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -63,10 +66,14 @@ class Dataset:
     target_vs_to_postgis: float | None = 4.0
     is_csv: bool = False
     loaders: tuple[str, ...] = LOADERS
+    run: int = 1  # which of the repeated runs: each writes its own tables
 
     def table(self, loader: str) -> str:
-        """The table a loader writes: bench_<dataset>_<loader>."""
-        return f"bench_{self.name}_{loader}"
+        """The table a loader writes: bench_<dataset>_<loader>, with _<run> after the first run.
+
+        A new table per run: an identical rayetl submission is the same job (idempotent), done already.
+        """
+        return f"bench_{self.name}_{loader}" + (f"_{self.run}" if self.run > 1 else "")
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Load:
     note: str = ""  # why it was skipped or how it failed
     job_id: str | None = None
     peak_worker: "WorkerPeak | None" = None
+    run_seconds: list[float] = field(default_factory=list)  # every successful run, when repeated
 
     @property
     def ok(self) -> bool:
@@ -429,6 +437,16 @@ def warm_up(settings: Settings, pool: Any) -> None:
         raise SystemExit(f"warm-up ingest failed: {load.note}")
 
 
+def best_of(runs: list[Load]) -> Load:
+    """The fastest run (a failed run if none succeeded), with the largest worker peak of them all."""
+    done = [load for load in runs if load.ok]
+    best = min(done, key=lambda load: load.seconds) if done else runs[0]
+    peaks = [load.peak_worker for load in runs if load.peak_worker is not None]
+    best.peak_worker = max(peaks, key=lambda peak: peak.rss_bytes) if peaks else None
+    best.run_seconds = [load.seconds for load in done]
+    return best
+
+
 def rate(load: Load, rows: int) -> float | None:
     """Rows per second of a load, or None when it did not run."""
     return rows / load.seconds if load.ok and load.seconds else None
@@ -473,6 +491,18 @@ def print_summary(results: list[tuple[Dataset, dict[str, Load]]]) -> None:
             f"{ratio_cell(rayetl, loads.get('to_postgis'), dataset.rows, dataset.target_vs_to_postgis):<27}"
             " | " + (f"{peak.rss_bytes / 1e6:>12,.0f} MB" if peak else f"{'-':>15}")
         )
+
+
+def print_runs(results: list[tuple[Dataset, dict[str, Load]]]) -> None:
+    """Every run's seconds, so that the spread behind each best is visible."""
+    print("\nseconds of every run, in order")
+    for dataset, loads in results:
+        runs = " | ".join(
+            f"{load.loader} " + " ".join(f"{seconds:.2f}" for seconds in load.run_seconds)
+            for load in loads.values()
+            if load.run_seconds
+        )
+        print(f"  {dataset.name:<12} {runs}")
 
 
 def print_checks(results: list[tuple[Dataset, dict[str, Load]]]) -> None:
@@ -539,21 +569,34 @@ def datasets_from(args: argparse.Namespace) -> list[Dataset]:
     return [dataset for dataset in datasets if dataset.rows > 0]
 
 
-def run_all(datasets: list[Dataset], loaders: list[str], settings: Settings, pool: Any) -> None:
-    """Load every dataset with every loader, then print the results."""
+def run_all(datasets: list[Dataset], loaders: list[str], repeat: int, settings: Settings, pool: Any) -> None:
+    """Load every dataset with every loader `repeat` times (loaders taking turns), then print the results.
+
+    Each loader's best run is compared: this machine's timings swing by up to ±20% from one run to
+    the next, and the fastest run is the one least disturbed (as timeit does).
+    """
     skip_reason = to_postgis_missing()
     results = []
     # Timings on a shared machine mean little when something else is busy: show how busy it was.
     print("load average (1, 5, 15 min) before the loads: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     for dataset in datasets:
-        loads = {} if "rayetl" in loaders else {"rayetl": Load("rayetl", note="not run")}
-        for loader in [name for name in LOADERS if name in loaders and name in dataset.loaders]:
-            loads[loader] = run_loader(loader, dataset, settings=settings, pool=pool, skip_reason=skip_reason)
-            shown = f"{loads[loader].seconds:.2f}s" if loads[loader].ok else loads[loader].note[:80]
-            print(f"{dataset.name} {loader}: {shown}")
+        runs: dict[str, list[Load]] = {}
+        for run in range(1, repeat + 1):
+            for loader in [name for name in LOADERS if name in loaders and name in dataset.loaders]:
+                load = run_loader(
+                    loader, replace(dataset, run=run), settings=settings, pool=pool, skip_reason=skip_reason
+                )
+                runs.setdefault(loader, []).append(load)
+                shown = f"{load.seconds:.2f}s" if load.ok else load.note[:80]
+                print(f"{dataset.name} {loader} run {run}/{repeat}: {shown}", flush=True)
+        loads = {loader: best_of(done) for loader, done in runs.items()}
+        loads.setdefault("rayetl", Load("rayetl", note="not run"))
         results.append((dataset, loads))
     print("load average (1, 5, 15 min) after the loads: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if repeat > 1:
+        print(f"\neach loader's best of {repeat} runs")
     print_summary(results)
+    print_runs(results)
     print_checks(results)
     print_workers(results)
     print_stages(pool, results)
@@ -567,7 +610,7 @@ def run(args: argparse.Namespace) -> None:
         generate(datasets, settings.local_storage_root / CONTAINER, args.seed)
         if "rayetl" in args.loaders:
             warm_up(settings, pool)
-        run_all(datasets, args.loaders, settings, pool)
+        run_all(datasets, args.loaders, args.repeat, settings, pool)
 
 
 if __name__ == "__main__":
@@ -579,6 +622,7 @@ if __name__ == "__main__":
     parser.add_argument("--csv", type=int, default=1_000_000, help="rows of points.csv (0: none)")
     parser.add_argument("--big", action="store_true", help=f"also {BIG_POINTS:,} points, rayetl only")
     parser.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
+    parser.add_argument("--repeat", type=int, default=3, help="runs per loader; the best one counts")
     parser.add_argument("--seed", type=int, default=20240601)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     run(parser.parse_args())

@@ -403,20 +403,40 @@ def _gdal_info(path: str | Path, fmt: VectorFormat, converter: ConverterParams, 
 def _csv_info(path: str) -> dict:
     """What read_info says of a CSV, without GDAL's feature count: it parses every row (~1 s per 1M).
 
-    The count is of the non-blank lines after the header, which is the number of features unless a
-    quoted value spans lines; it only sizes the chunks and tells an empty file.
+    The count is of the lines after the header, which is the number of features unless a quoted
+    value spans lines or lines are blank; it only sizes the chunks and tells an empty file.
     """
     with pyogrio.raw.open_arrow(path, batch_size=1, use_pyarrow=True) as (meta, _):
         pass
-    with open(path, "rb") as file:
-        lines = sum(1 for line in file if line.strip())
     return {
         "driver": "CSV",
         "fields": meta["fields"],
         "geometry_type": None,
         "crs": None,
-        "features": max(lines - 1, 0),
+        "features": max(_count_lines(path) - 1, 0),
     }
+
+
+_COUNT_BLOCK_BYTES = 16 * 2**20
+_EXACT_COUNT_BELOW = 10_000  # lines; a small file's blank lines are told apart, so that an empty one shows
+
+
+def _count_lines(path: str) -> int:
+    """The lines of a file, counted by newlines a block at a time (~0.03 s for 1M lines, not 0.25 s).
+
+    Below _EXACT_COUNT_BELOW lines they are read one by one and blank ones are left out, so that a
+    header followed by blank lines counts as empty.
+    """
+    lines, last = 0, b"\n"
+    with open(path, "rb") as file:
+        while block := file.read(_COUNT_BLOCK_BYTES):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"  # a last line without its newline
+    if lines < _EXACT_COUNT_BELOW:
+        with open(path, "rb") as file:
+            lines = sum(1 for line in file if line.strip())
+    return lines
 
 
 def _unzipped_size(path: str | Path) -> int | None:

@@ -421,3 +421,16 @@ def test_corpus_zip_reports_its_uncompressed_size():
         expected = sum(info.file_size for info in archive.infolist())
     info = check_source(path, VectorFormat.ZIP, ConverterParams())
     assert (info.layer, info.crs, info.uncompressed_size_bytes) == ("nybb", "EPSG:2263", expected)
+
+
+@pytest.mark.parametrize("rows", [3, 25_000])
+def test_a_csv_counts_its_rows_without_parsing_them(tmp_path, rows):
+    """The count sizes the chunks; a small file's blank lines are left out, so an empty one shows."""
+    body = "".join(f"{i},{i % 80}.5,{i % 170}.25\n" for i in range(rows))
+    path = write_csv(tmp_path, "id,lat,lon\n" + body.removesuffix("\n"))  # the last line without "\n"
+    blank = write_csv(tmp_path, "id,lat,lon\n\n  \n\n", name="blank.csv")
+    converter = ConverterParams(lat_name="lat", lon_name="lon")
+
+    assert check_source(path, VectorFormat.CSV, converter).feature_count == rows
+    with pytest.raises(InvalidRequest, match="zero features"):
+        check_source(blank, VectorFormat.CSV, converter)
