@@ -309,8 +309,13 @@ def _write_one_pass(
         "NUM_THREADS": str(options.threads),
         "BIGTIFF": "IF_SAFER",
     }
+    # The driver tiles the overviews by BLOCKSIZE itself; GDAL_TIFF_OVR_BLOCKSIZE would only make its
+    # temporary overview file use big blocks too, which costs ~7% of a tile's time here.
+    config = {
+        name: value for name, value in gdal_config(options).items() if name != "GDAL_TIFF_OVR_BLOCKSIZE"
+    }
     try:
-        with rasterio.Env(**gdal_config(options)):
+        with rasterio.Env(**config):
             rasterio.shutil.copy(src, dst_path, driver="COG", **creation)
     except BaseException:
         Path(dst_path).unlink(missing_ok=True)  # never leave half a COG for a retry to trip on

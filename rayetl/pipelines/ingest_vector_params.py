@@ -11,15 +11,9 @@ from rayetl.errors import Conflict, InvalidRequest, NotFound
 from rayetl.pipelines.containers import container_or_default
 from rayetl.pipelines.contract import JobParams
 from rayetl.pipelines.stac_params import CollectionId
+from rayetl.pipelines.vector_formats import ConverterParams, SourceInfo, VectorFormat, infer_format, parse_crs
 from rayetl.pipelines.vector_prepare import GeometryParams
-from rayetl.pipelines.vector_source import (
-    ConverterParams,
-    SourceInfo,
-    VectorFormat,
-    check_source,
-    infer_format,
-    parse_crs,
-)
+from rayetl.pipelines.vector_source import check_source
 from rayetl.settings import Settings
 from rayetl.store import postgis
 from rayetl.store.db import connect

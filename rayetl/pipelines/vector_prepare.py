@@ -25,7 +25,7 @@ from rayetl.pipelines.vector_columns import (
     plain_points,
     wkb_problem,
 )
-from rayetl.pipelines.vector_source import RawBatch, parse_crs
+from rayetl.pipelines.vector_formats import RawBatch, parse_crs
 
 __all__ = [
     "ChunkSummary",
@@ -95,9 +95,14 @@ class ChunkSummary(BaseModel):
 
 @dataclass(frozen=True)
 class PreparedChunk:
-    """A load-ready table (attribute columns, then `geom` WKB) and its summary."""
+    """A load-ready table (attribute columns, then `geom` WKB), its rows' places in the source, a summary.
+
+    fids: each row's 1-based position in the source (int64), which becomes its fid: the same
+    feature gets the same fid in every load of the file, whatever order the chunks are copied in.
+    """
 
     table: pa.Table
+    fids: pa.Array
     summary: ChunkSummary
 
 
@@ -129,7 +134,8 @@ def prepare_batch(
     names, renamed = clean_column_names(batch.attributes.column_names)
     table = batch.attributes.filter(pa.array(work.keep)).rename_columns(names)
     table = table.append_column(pa.field("geom", pa.binary()), geometry)
-    return PreparedChunk(table, summary.model_copy(update={"renamed": renamed}))
+    fids = pa.array(batch.rows[work.keep], pa.int64())
+    return PreparedChunk(table, fids, summary.model_copy(update={"renamed": renamed}))
 
 
 def _prepare_geometries(

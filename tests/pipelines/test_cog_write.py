@@ -328,6 +328,17 @@ def test_one_pass_writes_the_cog_cog_translate_writes(tmp_path, sample, spy_cog_
                 theirs.read(out_shape=(theirs.count, *_overview_shape(theirs, level))),
                 equal_nan=True,
             )
+    assert _overview_block_shapes(one_pass.path) == _overview_block_shapes(two_pass.path)
+
+
+def _overview_block_shapes(path: str) -> list:
+    with rasterio.open(path) as cog:
+        levels = len(cog.overviews(1))
+    shapes = []
+    for level in range(levels):
+        with rasterio.open(path, overview_level=level) as overview:
+            shapes.append(overview.block_shapes)
+    return shapes
 
 
 def _overview_shape(dataset, level: int) -> tuple[int, int]:

@@ -5,7 +5,8 @@ import pyogrio
 import pytest
 
 from rayetl.pipelines.csv_types import CsvNotTyped, column_types, readable_without_gdal
-from rayetl.pipelines.vector_source import ConverterParams, VectorFormat, read_batches
+from rayetl.pipelines.vector_formats import ConverterParams, VectorFormat
+from rayetl.pipelines.vector_source import read_batches
 
 # GDAL's detection, as pyogrio reports it, in .csvt words (String and Time both read as "object").
 _GDAL_TYPES = {

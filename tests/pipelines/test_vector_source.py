@@ -11,14 +11,8 @@ import pytest
 import shapely
 
 from rayetl.errors import InvalidRequest, NotFound, PermanentError
-from rayetl.pipelines.vector_source import (
-    ConverterParams,
-    VectorFormat,
-    check_source,
-    infer_format,
-    list_source_layers,
-    read_batches,
-)
+from rayetl.pipelines.vector_formats import ConverterParams, VectorFormat, infer_format
+from rayetl.pipelines.vector_source import check_source, list_source_layers, read_batches
 
 CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not (CORPUS / "MANIFEST.json").is_file(), reason="shared corpus absent")

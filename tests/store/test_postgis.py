@@ -18,8 +18,9 @@ import shapely
 from conftest import wait_until
 
 from rayetl.errors import Conflict, PermanentError
+from rayetl.pipelines.vector_formats import ConverterParams, VectorFormat
 from rayetl.pipelines.vector_prepare import prepare_batch
-from rayetl.pipelines.vector_source import ConverterParams, VectorFormat, read_batches
+from rayetl.pipelines.vector_source import read_batches
 from rayetl.store import postgis
 from rayetl.store.postgis import Table
 
