@@ -41,6 +41,7 @@ __all__ = ["INGEST_VECTOR", "IngestVectorParams", "IngestVectorResult"]
 
 _MIN_CHUNK, _MAX_CHUNK = 20_000, 250_000
 _TARGET_CHUNKS = 8  # enough chunks to overlap reading with COPY, few enough to keep overhead low
+_FID = "fid"
 
 
 class IngestVectorResult(BaseModel):
@@ -103,7 +104,8 @@ def prepare_chunks(params: IngestVectorParams) -> Iterator[StreamItem]:
                 with connect(settings) as conn:
                     postgis.create_staging_table(conn, staging, chunk.table)
                 staged = True
-            yield StreamItem(f"chunk-{index:06d}", chunk.table, chunk.summary.model_dump(mode="json"))
+            rows = chunk.table.add_column(0, _FID, chunk.fids)  # one Arrow table through the object store
+            yield StreamItem(f"chunk-{index:06d}", rows, chunk.summary.model_dump(mode="json"))
             _maybe_crash(params, "crash_prepare_after_first_chunk")
     total = merge_summaries(summaries)
     if total.rows_out == 0:
@@ -125,14 +127,20 @@ def plan_prepare(params: IngestVectorParams, outputs: Mapping[str, StageOutputs]
 
 
 def upload_chunk(chunk: pa.Table, chunk_key: str, params: IngestVectorParams) -> dict[str, Any]:
-    """COPY one chunk into the staging table, exactly once (a retry finds its key and skips)."""
+    """COPY one chunk into the staging table, exactly once (a retry finds its key and skips).
+
+    The chunk's first column holds its rows' fids (their places in the source), the rest the rows.
+    """
     ctx = current_task()
     if chunk.num_rows == 0:
         return {"chunk": chunk_key, "rows": 0, "already_loaded": False}
     staging = postgis.staging_table_for(params.target, ctx.job_id)
     before_commit = _crash if _fault_armed(params, "crash_upload_before_commit") else None
+    fids, rows = chunk.column(_FID), chunk.drop_columns([_FID])
     with connect(ctx.settings) as conn:
-        loaded = postgis.load_chunk(conn, staging, chunk, chunk_key=chunk_key, before_commit=before_commit)
+        loaded = postgis.load_chunk(
+            conn, staging, rows, chunk_key=chunk_key, fids=fids, before_commit=before_commit
+        )
     _maybe_crash(params, "crash_upload_after_commit")
     return {"chunk": chunk_key, "rows": loaded.rows, "already_loaded": loaded.already_loaded}
 

@@ -57,6 +57,7 @@ _TEMPORAL = ("date", "timestamp without time zone", "timestamp with time zone")
 # A publish waiting behind a long reader would queue every later reader behind it: give up
 # instead (LockNotAvailable is an OperationalError, so the coordinator retries it later).
 _SWAP_LOCK_TIMEOUT = "30s"
+_Size = tuple[int, list[float] | None]  # rows, and [xmin, ymin, xmax, ymax] (None without geometries)
 
 
 @dataclass(frozen=True)
@@ -160,18 +161,27 @@ def load_chunk(
     chunk: Chunk,
     *,
     chunk_key: str,
+    fids: pa.Array | pa.ChunkedArray | None = None,
     before_commit: Callable[[], None] | None = None,
 ) -> ChunkLoaded:
     """Binary-COPY one chunk into the staging table, exactly once per chunk key.
 
     The COPY rows are encoded from the chunk's Arrow columns and WKB bytes; no geometry is parsed.
-    before_commit runs after the COPY, inside its transaction (tests crash the worker there).
+    fids: the rows' fids (int64, unique in the table, e.g. their places in the source); without
+    them the table's identity numbers the rows, a sequence call per row (~25% of a COPY's time).
+    Every chunk of a table gives fids, or none does. before_commit runs after the COPY, inside its
+    transaction (tests crash the worker there).
     """
     where = f"chunk {chunk_key!r}"
     table = as_arrow_chunk(chunk, where)
     with conn.transaction():
         columns = _staging_columns(conn, staging)
         arrays = arrays_for_copy(table, columns, where)
+        if fids is not None:
+            columns, arrays = (
+                {"fid": "bigint", **columns},
+                [_fids_for_copy(fids, table.num_rows, where), *arrays],
+            )
         # The key and the rows commit together: a worker killed mid-COPY leaves neither, and a
         # retry after the commit finds the key. A concurrent attempt at the same key waits on
         # the primary key here until the first commits (then it skips) or rolls back.
@@ -231,14 +241,16 @@ def publish_table(
     indexed = _indexed_columns(columns, spatial_index, attribute_indexes, temporal_indexes)
     if exists and if_exists == "fail":
         raise Conflict(_exists_message(target))  # before the index builds: they would be wasted
+    size = None  # rows and extent of what is published, when measured already
     if exists and if_exists == "append":
         _append(conn, staging, target, columns, indexed, record)
     else:
-        _build_keys_and_indexes(conn, staging, indexed, connect)
+        size = _build_keys_and_indexes(conn, staging, indexed, connect)
         with conn.transaction():
+            _continue_fids(conn, staging)
             conn.execute(sql.SQL("ANALYZE {}").format(staging.ident))
         _swap(conn, staging, target, indexed, record, replace=if_exists == "replace")
-    published = describe_table(conn, target)
+    published = describe_table(conn, target, size=size)
     logger.info("published %s (%s): %d rows", target, if_exists, published.rows)
     return published
 
@@ -250,17 +262,14 @@ def drop_staging(conn: Connection, staging: Table) -> None:
         _forget_chunks(conn, staging)
 
 
-def describe_table(conn: Connection, table: Table) -> TablePublished:
-    """Rows, extent, geometry type, columns and indexes of a published table."""
+def describe_table(conn: Connection, table: Table, *, size: _Size | None = None) -> TablePublished:
+    """Rows, extent, geometry type, columns and indexes of a published table.
+
+    size: its rows and extent when they were measured already (a scan of the whole table).
+    """
     with conn.transaction():
         columns = _table_columns(conn, table, identity=True)
-        (rows, *bbox) = _fetch(
-            conn,
-            sql.SQL(
-                """SELECT n, ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)
-                   FROM (SELECT count(*) AS n, ST_Extent(geom) AS e FROM {}) s"""
-            ).format(table.ident),
-        )[0]
+        rows, bbox = size or _measure(conn, table)
         indexes = _fetch(
             conn,
             "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s ORDER BY 1",
@@ -270,7 +279,7 @@ def describe_table(conn: Connection, table: Table) -> TablePublished:
     return TablePublished(
         table=str(table),
         rows=rows,
-        bbox=None if bbox[0] is None else bbox,
+        bbox=bbox,
         geometry_type=kind[1] if kind else "Geometry",
         columns=columns,
         indexes=[name for (name,) in indexes],
@@ -292,6 +301,13 @@ def _copy(conn: Connection, staging: Table, names: list[str], arrays: list[pa.Ar
             copy.write(COPY_TRAILER)
     except errors.DataError as exc:  # a value PostgreSQL refuses: retrying cannot help
         raise PermanentError(f"chunk {chunk_key!r} into {staging}: {_pg_message(exc)}") from exc
+
+
+def _fids_for_copy(fids: pa.Array | pa.ChunkedArray, rows: int, where: str) -> pa.Array:
+    fids = fids.combine_chunks() if isinstance(fids, pa.ChunkedArray) else fids
+    if len(fids) != rows or fids.null_count or not pa.types.is_integer(fids.type):
+        raise PermanentError(f"{where}: fids must be {rows} integers without nulls, one per row")
+    return fids.cast(pa.int64())
 
 
 def _table_columns(conn: Connection, table: Table, *, identity: bool = False) -> dict[str, str]:
@@ -342,27 +358,59 @@ def _build_keys_and_indexes(
     table: Table,
     indexed: list[tuple[str, str]],
     connect: Callable[[], AbstractContextManager[Connection]] | None,
-) -> None:
-    """The primary key and the indexes of a loaded staging table, each on its own connection if it can.
+) -> _Size:
+    """The primary key and the indexes of a loaded staging table, and its size; each on its own
+    connection if it can.
 
     PostgreSQL builds one index per backend, single-threaded; builds on one table can run at once
-    (they take SHARE locks), so a GIST build no longer waits for the primary key's.
+    (they take SHARE locks), so a GIST build no longer waits for the primary key's. Counting the
+    rows and their extent only reads, so it runs beside them too instead of after the swap.
     """
-    builds = [functools.partial(_index_primary_key, table=table)]
-    builds += [functools.partial(_create_indexes, table=table, indexed=[one]) for one in indexed]
-    if connect is None or len(builds) == 1:
-        for build in builds:
-            build(conn)
+    jobs = [functools.partial(_index_primary_key, table=table)]
+    jobs += [functools.partial(_create_indexes, table=table, indexed=[one]) for one in indexed]
+    jobs += [functools.partial(_measure_in_transaction, table=table)]
+    if connect is None:
+        results = [job(conn) for job in jobs]
     else:
 
-        def on_own_connection(build: Callable[[Connection], None]) -> None:
+        def on_own_connection(job: Callable[[Connection], Any]) -> Any:
             with connect() as own:
-                build(own)
+                return job(own)
 
-        with ThreadPoolExecutor(max_workers=len(builds), thread_name_prefix="index-build") as pool:
-            for future in [pool.submit(on_own_connection, build) for build in builds]:
-                future.result()  # the first failure is raised; the others have finished by then
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="index-build") as pool:
+            # The first failure is raised; the other jobs have finished by then.
+            results = [future.result() for future in [pool.submit(on_own_connection, job) for job in jobs]]
     _add_primary_key(conn, table)
+    return results[-1]
+
+
+def _measure(conn: Connection, table: Table) -> _Size:
+    """Rows and extent of a table: one scan."""
+    (rows, *bbox) = _fetch(
+        conn,
+        sql.SQL(
+            """SELECT n, ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e)
+               FROM (SELECT count(*) AS n, ST_Extent(geom) AS e FROM {}) s"""
+        ).format(table.ident),
+    )[0]
+    return rows, None if bbox[0] is None else bbox
+
+
+def _measure_in_transaction(conn: Connection, table: Table) -> _Size:
+    with conn.transaction():
+        return _measure(conn, table)
+
+
+def _continue_fids(conn: Connection, table: Table) -> None:
+    """Start the fid sequence after the largest fid: rows the loads numbered themselves (load_chunk's
+    fids) would otherwise collide with the next rows the table numbers (an append, an INSERT)."""
+    largest = sql.SQL("SELECT max(fid) AS fid FROM {}").format(table.ident)  # read off the fid index
+    conn.execute(
+        sql.SQL(
+            "SELECT setval(pg_get_serial_sequence(%s, 'fid'), fid) FROM ({}) s WHERE fid IS NOT NULL"
+        ).format(largest),
+        (table.ident.as_string(conn),),
+    )
 
 
 def _index_primary_key(conn: Connection, table: Table) -> None:

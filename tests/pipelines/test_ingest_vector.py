@@ -75,6 +75,31 @@ def test_gpkg_points_load_in_several_chunks(api, settings, pool, wait_for_job, p
     assert api.get(result["viewer_url"]).status_code == 200
 
 
+def test_fids_are_the_features_places_in_the_source(api, settings, pool, wait_for_job, tmp_path, unique):
+    """Whatever order the chunks are copied in, and with rows dropped; appends are numbered after them."""
+    n = 3_000
+    geometry = np.array(shapely.points(np.arange(n) % 170, 10.0), dtype=object)
+    geometry[::7] = None  # dropped, so their places are gaps
+    frame = gpd.GeoDataFrame({"position": np.arange(1, n + 1)}, geometry=geometry, crs="EPSG:4326")
+    path = tmp_path / "holes.gpkg"
+    pyogrio.write_dataframe(frame, path)
+    blob, table = put(settings, path, f"{unique}/holes.gpkg"), f"holes_{unique}"
+
+    first = wait_for_job(submit(api, blob_name=blob, table_name=table, chunk_size=400), timeout_s=120)
+    appended = wait_for_job(
+        submit(api, blob_name=blob, table_name=table, chunk_size=400, if_exists="append"), timeout_s=120
+    )
+
+    assert first.status == appended.status == "completed", (first.error, appended.error)
+    assert first.result["chunks_total"] == 8
+    with pool.connection() as conn:
+        rows = conn.execute(f"SELECT fid, position FROM geo.{table} ORDER BY fid").fetchall()
+    kept = n - len(range(0, n, 7))
+    assert [r["fid"] for r in rows[:kept]] == [r["position"] for r in rows[:kept]]
+    assert [r["position"] for r in rows[:kept]] == [i for i in range(1, n + 1) if (i - 1) % 7]
+    assert [r["fid"] for r in rows[kept:]] == list(range(n + 1, n + 1 + kept))  # after the largest
+
+
 def events_of(pool, job_id: str) -> list[str]:
     with pool.connection() as conn:
         return [e.event for e in audit.list_events(conn, job_id, limit=1000, offset=0)]

@@ -750,6 +750,24 @@ def test_publish_append_adds_rows_with_new_fids(pool, schema):
     assert sorted(published.indexes) == ["roads_geom_idx", "roads_id_idx", "roads_pkey"]
 
 
+def test_chunks_may_bring_their_own_fids_and_the_table_numbers_rows_after_them(pool, schema):
+    target = Table(schema, "roads")
+    frame = _points(30)
+    with pool.connection() as conn:
+        staging = _stage(conn, schema, frame)
+        postgis.load_chunk(conn, staging, frame.iloc[10:], chunk_key="b", fids=pa.array(range(110, 130)))
+        postgis.load_chunk(conn, staging, frame.iloc[:10], chunk_key="a", fids=pa.array(range(100, 110)))
+        with pytest.raises(PermanentError, match="fids must be 3 integers without nulls"):
+            postgis.load_chunk(conn, staging, frame.iloc[:3], chunk_key="c", fids=pa.array([1, None, 3]))
+        postgis.publish_table(conn, staging, target)
+        conn.execute(psycopg.sql.SQL("INSERT INTO {} (id, name) VALUES (-1, 'later')").format(target.ident))
+        rows = conn.execute(
+            psycopg.sql.SQL("SELECT fid, id FROM {} ORDER BY fid").format(target.ident)
+        ).fetchall()
+    assert [(r["fid"], r["id"]) for r in rows[:30]] == list(zip(range(100, 130), frame["id"], strict=True))
+    assert (rows[30]["fid"], rows[30]["id"]) == (130, -1)
+
+
 def test_append_to_a_table_with_other_columns_is_refused(pool, schema):
     target = Table(schema, "roads")
     with pool.connection() as conn:
