@@ -34,7 +34,7 @@ from rayetl.pipelines.vector_prepare import (
 )
 from rayetl.pipelines.vector_source import read_batches
 from rayetl.settings import Settings
-from rayetl.store import postgis
+from rayetl.store import postgis, postgis_publish
 from rayetl.store.db import connect
 
 __all__ = ["INGEST_VECTOR", "IngestVectorParams", "IngestVectorResult"]
@@ -158,7 +158,7 @@ def publish(params: IngestVectorParams, loaded: dict[str, Any]) -> dict[str, Any
     ctx = current_task()
     staging = postgis.staging_table_for(params.target, ctx.job_id)
     with connect(ctx.settings) as conn:
-        published = postgis.publish_table(
+        published = postgis_publish.publish_table(
             conn,
             staging,
             params.target,
@@ -205,7 +205,7 @@ def catalog(params: IngestVectorParams, published: dict[str, Any]) -> dict[str, 
             format=params.format.value,
             job_id=ctx.job_id,
         ),
-        published=postgis.TablePublished(**published),
+        published=postgis_publish.TablePublished(**published),
     )
     return cataloged.model_dump(mode="json")
 

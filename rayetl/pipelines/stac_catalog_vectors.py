@@ -9,7 +9,7 @@ from rayetl.pipelines.contract import JobType, Stage, StageOutputs, TaskSpec, cu
 from rayetl.pipelines.ingest_vector_params import Identifier, TableParams, require_table
 from rayetl.pipelines.vector_catalog import CatalogedTable, TableSource, catalog_table
 from rayetl.store.db import connect
-from rayetl.store.postgis import published_by
+from rayetl.store.postgis_publish import published_by
 
 __all__ = ["STAC_CATALOG_VECTORS", "StacCatalogVectorsParams"]
 

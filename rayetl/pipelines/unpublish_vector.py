@@ -12,7 +12,8 @@ from rayetl.pipelines.ingest_vector_params import TableParams, require_table
 from rayetl.settings import Settings
 from rayetl.store import pgstac
 from rayetl.store.db import connect
-from rayetl.store.postgis import forget_published, published_by, table_exists
+from rayetl.store.postgis import table_exists
+from rayetl.store.postgis_publish import forget_published, published_by
 
 __all__ = ["UNPUBLISH_VECTOR", "UnpublishVectorParams", "UnpublishVectorResult"]
 

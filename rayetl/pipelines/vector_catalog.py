@@ -11,7 +11,8 @@ from rayetl.feature_links import features_url, viewer_url
 from rayetl.settings import Settings
 from rayetl.store import pgstac
 from rayetl.store.db import connect
-from rayetl.store.postgis import Table, TablePublished, describe_table
+from rayetl.store.postgis import Table
+from rayetl.store.postgis_publish import TablePublished, describe_table
 
 __all__ = ["CatalogedTable", "TableSource", "catalog_table"]
 

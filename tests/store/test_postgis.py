@@ -21,7 +21,7 @@ from rayetl.errors import Conflict, PermanentError
 from rayetl.pipelines.vector_formats import ConverterParams, VectorFormat
 from rayetl.pipelines.vector_prepare import prepare_batch
 from rayetl.pipelines.vector_source import read_batches
-from rayetl.store import postgis
+from rayetl.store import postgis, postgis_publish
 from rayetl.store.postgis import Table
 
 
@@ -637,7 +637,7 @@ def test_each_call_commits_its_work_and_leaves_the_connection_idle(pool, schema,
         assert conn.info.transaction_status == idle and postgis.table_exists(observer, schema, staging.name)
         postgis.load_chunk(conn, staging, frame, chunk_key="c0")
         assert conn.info.transaction_status == idle and _count(observer, staging) == 10
-        postgis.publish_table(conn, staging, target)
+        postgis_publish.publish_table(conn, staging, target)
         assert conn.info.transaction_status == idle and _count(observer, target) == 10
 
 
@@ -656,7 +656,7 @@ def test_publish_builds_indexes_and_leaves_no_staging_behind(pool, schema):
     target = Table(schema, "roads")
     with pool.connection() as conn:
         staging = _load(conn, schema, frame)
-        published = postgis.publish_table(
+        published = postgis_publish.publish_table(
             conn, staging, target, attribute_indexes=["name", "id"], temporal_indexes=["seen"]
         )
         indexes = conn.execute(
@@ -699,7 +699,7 @@ def test_publish_builds_indexes_and_leaves_no_staging_behind(pool, schema):
 def test_publish_replace_never_shows_readers_an_empty_or_partial_table(pool, schema, database):
     target = Table(schema, "roads")
     with pool.connection() as conn:
-        postgis.publish_table(conn, _load(conn, schema, _points(3000)), target)
+        postgis_publish.publish_table(conn, _load(conn, schema, _points(3000)), target)
         staging = _load(conn, schema, _points(5000, seed=7))
     counts, failures, stop = [], [], threading.Event()
 
@@ -717,7 +717,7 @@ def test_publish_replace_never_shows_readers_an_empty_or_partial_table(pool, sch
     try:
         wait_until(lambda: len(counts) >= 20, timeout_s=30, what="the reader to start counting")
         with pool.connection() as conn:
-            published = postgis.publish_table(
+            published = postgis_publish.publish_table(
                 conn, staging, target, if_exists="replace", attribute_indexes=["id"]
             )
         seen = len(counts)
@@ -736,9 +736,13 @@ def test_publish_replace_never_shows_readers_an_empty_or_partial_table(pool, sch
 def test_publish_append_adds_rows_with_new_fids(pool, schema):
     target = Table(schema, "roads")
     with pool.connection() as conn:
-        postgis.publish_table(conn, _load(conn, schema, _points(100)), target, attribute_indexes=["id"])
+        postgis_publish.publish_table(
+            conn, _load(conn, schema, _points(100)), target, attribute_indexes=["id"]
+        )
         staging = _load(conn, schema, _points(50, start=100))
-        published = postgis.publish_table(conn, staging, target, if_exists="append", attribute_indexes=["id"])
+        published = postgis_publish.publish_table(
+            conn, staging, target, if_exists="append", attribute_indexes=["id"]
+        )
         fids = conn.execute(
             psycopg.sql.SQL("SELECT count(DISTINCT fid) AS n, count(DISTINCT id) AS ids FROM {}").format(
                 target.ident
@@ -759,7 +763,7 @@ def test_chunks_may_bring_their_own_fids_and_the_table_numbers_rows_after_them(p
         postgis.load_chunk(conn, staging, frame.iloc[:10], chunk_key="a", fids=pa.array(range(100, 110)))
         with pytest.raises(PermanentError, match="fids must be 3 integers without nulls"):
             postgis.load_chunk(conn, staging, frame.iloc[:3], chunk_key="c", fids=pa.array([1, None, 3]))
-        postgis.publish_table(conn, staging, target)
+        postgis_publish.publish_table(conn, staging, target)
         conn.execute(psycopg.sql.SQL("INSERT INTO {} (id, name) VALUES (-1, 'later')").format(target.ident))
         rows = conn.execute(
             psycopg.sql.SQL("SELECT fid, id FROM {} ORDER BY fid").format(target.ident)
@@ -771,7 +775,7 @@ def test_chunks_may_bring_their_own_fids_and_the_table_numbers_rows_after_them(p
 def test_append_to_a_table_with_other_columns_is_refused(pool, schema):
     target = Table(schema, "roads")
     with pool.connection() as conn:
-        postgis.publish_table(conn, _load(conn, schema, _points(10)), target)
+        postgis_publish.publish_table(conn, _load(conn, schema, _points(10)), target)
         other = _points(10).rename(columns={"name": "label"}).astype({"id": "int32"})
         staging = _load(conn, schema, other)
         with pytest.raises(
@@ -781,19 +785,19 @@ def test_append_to_a_table_with_other_columns_is_refused(pool, schema):
             r"label \(text in the data, absent in the table\); "
             r"name \(absent in the data, text in the table\)",
         ):
-            postgis.publish_table(conn, staging, target, if_exists="append")
+            postgis_publish.publish_table(conn, staging, target, if_exists="append")
         assert _count(conn, target) == 10
 
 
 def test_publish_fail_refuses_an_existing_target(pool, schema):
     target = Table(schema, "roads")
     with pool.connection() as conn:
-        postgis.publish_table(conn, _load(conn, schema, _points(10)), target)
+        postgis_publish.publish_table(conn, _load(conn, schema, _points(10)), target)
         staging = _load(conn, schema, _points(20))
         with pytest.raises(
             Conflict, match=r"table .*roads already exists; use if_exists='replace' .*'append'"
         ):
-            postgis.publish_table(conn, staging, target, if_exists="fail")
+            postgis_publish.publish_table(conn, staging, target, if_exists="fail")
         assert _count(conn, target) == 10
         assert postgis.list_staging_tables(conn, schema) == [staging.name]  # the caller decides
         postgis.drop_staging(conn, staging)
@@ -808,7 +812,7 @@ def test_a_new_schema_and_a_non_ascii_table_name_work(pool):
     try:
         with pool.connection() as conn:
             staging = _load(conn, schema, _points(5), table="名前")
-            published = postgis.publish_table(conn, staging, target, if_exists="append")
+            published = postgis_publish.publish_table(conn, staging, target, if_exists="append")
             assert postgis.table_exists(conn, schema, "名前") and published.rows == 5
     finally:
         with pool.connection() as conn:
@@ -822,16 +826,16 @@ def test_publish_refuses_indexes_on_unknown_or_non_temporal_columns(pool, schema
         with pytest.raises(
             PermanentError, match=r"cannot index column 'nope': no such column \(columns: id, x"
         ):
-            postgis.publish_table(conn, staging, target, attribute_indexes=["nope"])
+            postgis_publish.publish_table(conn, staging, target, attribute_indexes=["nope"])
         with pytest.raises(PermanentError, match=r"temporal index on 'name': the column is text"):
-            postgis.publish_table(conn, staging, target, temporal_indexes=["name"])
+            postgis_publish.publish_table(conn, staging, target, temporal_indexes=["name"])
 
 
 def test_loading_into_a_published_staging_table_is_refused(pool, schema):
     target = Table(schema, "roads")
     with pool.connection() as conn:
         staging = _load(conn, schema, _points(5))
-        postgis.publish_table(conn, staging, target)
+        postgis_publish.publish_table(conn, staging, target)
         with pytest.raises(PermanentError, match="staging table .* does not exist"):
             postgis.load_chunk(conn, staging, _points(5), chunk_key="late")
 
@@ -852,7 +856,7 @@ def test_corpus_wilderness_polygons_load_and_publish(pool, schema, corpus):
         staging = _stage(conn, schema, frame.iloc[:30])
         for start in range(0, len(frame), 30):
             postgis.load_chunk(conn, staging, frame.iloc[start : start + 30], chunk_key=f"c{start}")
-        published = postgis.publish_table(conn, staging, target, attribute_indexes=["name"])
+        published = postgis_publish.publish_table(conn, staging, target, attribute_indexes=["name"])
     assert published.rows == 67
     assert published.geometry_type == "MultiPolygon"
     assert published.bbox == pytest.approx(list(frame.total_bounds), abs=1e-9)
@@ -891,7 +895,7 @@ def test_chunks_prepared_from_a_geopackage_load_and_publish_exactly(pool, schema
         postgis.create_staging_table(conn, staging, chunks[0])
         for i, chunk in enumerate(chunks):
             postgis.load_chunk(conn, staging, chunk, chunk_key=f"c{i}")
-        published = postgis.publish_table(conn, staging, target)
+        published = postgis_publish.publish_table(conn, staging, target)
         with conn.cursor(row_factory=psycopg.rows.tuple_row) as cur:
             rows = cur.execute(
                 psycopg.sql.SQL(
