@@ -287,7 +287,7 @@ class JobCoordinator:
             if assignment is not None:
                 self._start(assignment)
         else:  # a spare, started while the cluster is quiet: warm the workers its job will use too
-            self._warming = warm_worker_pool()
+            warm_worker_pool()
 
     def adopt(self, assignment: Assignment) -> None:
         """Run this job attempt and return when it has ended (a second call only waits for it)."""

@@ -70,10 +70,8 @@ def execute_stream_task(fn: Callable[..., Any], ctx: TaskContext, *args: Any, **
 
 
 @ray.remote(max_retries=0, num_cpus=0)
-def _import_job_code() -> int:
+def _import_job_code() -> None:
     import rayetl.pipelines  # noqa: F401  every job type's modules: geopandas, rasterio, pystac...
-
-    return os.getpid()
 
 
 def warm_worker_pool() -> list[ray.ObjectRef]:

@@ -256,35 +256,53 @@ def write_dataset_cog(
     add_mask = (options.compression in LOSSY and (effective_nodata is not None or has_alpha)) or (
         isinstance(src, WarpedVRT) and has_alpha and effective_nodata is None
     )
+    try:
+        if one_pass and options.compression not in LOSSY and nodata is None and not add_mask:
+            _write_one_pass(src, dst_path, profile, options)
+        else:
+            _write_with_rio_cogeo(src, dst_path, profile, options, nodata=nodata, add_mask=add_mask)
+    except BaseException:
+        Path(dst_path).unlink(missing_ok=True)  # never leave half a COG for a retry to trip on
+        raise
+    is_valid, errors, cog_warnings = cog_validate(dst_path, quiet=True)
+    if not is_valid:
+        Path(dst_path).unlink(missing_ok=True)
+        raise CogValidationError(dst_path, errors)
+    return describe_cog(dst_path, options.compression, cog_warnings=cog_warnings)
+
+
+def _write_with_rio_cogeo(
+    src: DatasetReader | WarpedVRT,
+    dst_path: str,
+    profile: dict,
+    options: CogOptions,
+    *,
+    nodata: float | None,
+    add_mask: bool,
+) -> None:
+    """cog_translate, its intermediate file in memory only when small (a worker's peak stays bounded)."""
     in_memory = options.in_memory
     if in_memory is None:
         image_bytes = src.width * src.height * sum(np.dtype(d).itemsize for d in src.dtypes)
         in_memory = image_bytes * 4 // 3 <= IN_MEMORY_MAX_BYTES  # + 1/3 for the overviews
-    if one_pass and options.compression not in LOSSY and nodata is None and not add_mask:
-        _write_one_pass(src, dst_path, profile, options)
-        return _validated(dst_path, options, in_memory=None)
     with warnings.catch_warnings():
         # Expected here: nodata takes precedence over a mask, and a mask replaces nodata with JPEG.
         # rio-cogeo reads through a WarpedVRT, which writes 0 under an alpha band's or mask's 0:
         # pixels that are not valid keep their mask, not their hidden values.
         warnings.simplefilter("ignore", NodataAlphaMaskWarning)
         warnings.filterwarnings("ignore", message="Nodata/Alpha band will be translated")
-        try:
-            cog_translate(
-                src,
-                dst_path,
-                profile,
-                nodata=nodata,
-                add_mask=add_mask,
-                overview_resampling=options.overview_resampling,
-                in_memory=in_memory,
-                config=gdal_config(options),
-                quiet=True,
-            )
-        except BaseException:
-            Path(dst_path).unlink(missing_ok=True)  # never leave half a COG for a retry to trip on
-            raise
-    return _validated(dst_path, options, in_memory=in_memory)
+        cog_translate(
+            src,
+            dst_path,
+            profile,
+            nodata=nodata,
+            add_mask=add_mask,
+            overview_resampling=options.overview_resampling,
+            in_memory=in_memory,
+            config=gdal_config(options),
+            quiet=True,
+        )
+    logger.debug("wrote COG %s with rio-cogeo (in_memory=%s)", dst_path, in_memory)
 
 
 # GDAL's COG driver names the predictors; GTiff (and rio-cogeo's profiles) number them.
@@ -314,22 +332,9 @@ def _write_one_pass(
     config = {
         name: value for name, value in gdal_config(options).items() if name != "GDAL_TIFF_OVR_BLOCKSIZE"
     }
-    try:
-        with rasterio.Env(**config):
-            rasterio.shutil.copy(src, dst_path, driver="COG", **creation)
-    except BaseException:
-        Path(dst_path).unlink(missing_ok=True)  # never leave half a COG for a retry to trip on
-        raise
-
-
-def _validated(dst_path: str, options: CogOptions, *, in_memory: bool | None) -> CogResult:
-    """cog_validate's verdict on a written file (an invalid one is removed), then its description."""
-    is_valid, errors, cog_warnings = cog_validate(dst_path, quiet=True)
-    if not is_valid:
-        Path(dst_path).unlink(missing_ok=True)
-        raise CogValidationError(dst_path, errors)
-    logger.debug("wrote COG %s (in_memory=%s)", dst_path, in_memory)
-    return describe_cog(dst_path, options.compression, cog_warnings=cog_warnings)
+    with rasterio.Env(**config):
+        rasterio.shutil.copy(src, dst_path, driver="COG", **creation)
+    logger.debug("wrote COG %s with GDAL's COG driver", dst_path)
 
 
 def describe_cog(path: str, compression: Compression, *, cog_warnings: Sequence[str] = ()) -> CogResult:
