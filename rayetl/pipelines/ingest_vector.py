@@ -168,6 +168,7 @@ def publish(params: IngestVectorParams, loaded: dict[str, Any]) -> dict[str, Any
             temporal_indexes=params.indexes.temporal,
             job_id=ctx.job_id,
             connect=functools.partial(connect, ctx.settings),
+            extent=loaded["prepared"]["bbox"],  # of the rows as prepared: no scan to measure it
         )
     return {"table": published.model_dump(mode="json"), **loaded}
 

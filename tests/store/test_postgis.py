@@ -670,6 +670,9 @@ def test_publish_builds_indexes_and_leaves_no_staging_behind(pool, schema):
         analyzed = conn.execute(
             "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (f'"{schema}".roads',)
         ).fetchone()
+        with_statistics = conn.execute(
+            "SELECT attname FROM pg_stats WHERE schemaname = %s AND tablename = 'roads'", (schema,)
+        ).fetchall()
     definitions = {r["indexname"]: r["indexdef"] for r in indexes}
     assert set(definitions) == {
         "roads_pkey",
@@ -681,6 +684,7 @@ def test_publish_builds_indexes_and_leaves_no_staging_behind(pool, schema):
     assert "USING gist (geom)" in definitions["roads_geom_idx"]
     assert "USING btree (seen)" in definitions["roads_seen_idx"]
     assert analyzed["reltuples"] == 1000
+    assert {r["attname"] for r in with_statistics} >= {"geom", "name", "seen"}  # ANALYZE ran
     assert published.table == f"{schema}.roads" and published.rows == 1000
     assert published.geometry_type == "MultiPoint"
     assert published.bbox == pytest.approx(list(frame.total_bounds), abs=0)
@@ -694,6 +698,23 @@ def test_publish_builds_indexes_and_leaves_no_staging_behind(pool, schema):
         "seen": "timestamp without time zone",
     }
     assert sorted(published.indexes) == sorted(definitions)
+
+
+def test_publish_takes_a_known_extent_but_always_counts_the_rows(pool, schema):
+    frame = _points(500)
+    known = [-10.5, -5.25, 20.0, 30.125]  # what a caller that prepared the rows knows of them
+    with pool.connection() as conn:
+        published = postgis_publish.publish_table(
+            conn, _load(conn, schema, frame), Table(schema, "roads"), extent=known
+        )
+        assert published.rows == 500 and published.bbox == known
+        # An append's extent is the whole table's: measured, whatever the caller knows of its rows.
+        more = _points(10, seed=1)
+        appended = postgis_publish.publish_table(
+            conn, _load(conn, schema, more), Table(schema, "roads"), if_exists="append", extent=known
+        )
+    assert appended.rows == 510
+    assert appended.bbox == pytest.approx(list(pd.concat([frame, more]).total_bounds), abs=0)
 
 
 def test_publish_replace_never_shows_readers_an_empty_or_partial_table(pool, schema, database):
