@@ -1,7 +1,6 @@
 """Private Azurite blob service (Azure Blob Storage emulator) in a project folder, for tests and dev."""
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -9,9 +8,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from rayetl.dev_services import folder_lock, free_port, log_tail
 from rayetl.errors import RayetlError
 
 __all__ = ["AZURITE_VERSION", "DevAzurite", "DevAzuriteError", "find_azurite"]
@@ -54,14 +53,14 @@ class DevAzurite:
     def start(self) -> str:
         """Start the service unless it runs, wait until it answers; returns its connection string."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._lock():
+        with folder_lock(self.root):
             if not self.is_running():
                 self._start_server()
         return self.connection_string()
 
     def stop(self) -> None:
         """Stop the service (SIGTERM, then SIGKILL); no-op when it does not run."""
-        with self._lock():
+        with folder_lock(self.root):
             pid = self._running_pid()
             if pid is None:
                 return
@@ -91,7 +90,7 @@ class DevAzurite:
         self.data_dir.mkdir(exist_ok=True)
         # A port chosen free can be taken before Azurite binds it: try again on another.
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = _free_port()
+            port = free_port(HOST)
             process = self._spawn(command, port)
             if self._wait_until_answers(process, port):
                 self.port_file.write_text(f"{port}\n")
@@ -103,7 +102,7 @@ class DevAzurite:
                 break
             logger.warning("Azurite did not start on port %d (attempt %d/%d)", port, attempt, PORT_ATTEMPTS)
         raise DevAzuriteError(
-            f"Azurite in {self.root} did not start. Last lines of {self.log_file}:\n{_tail(self.log_file)}"
+            f"Azurite in {self.root} did not start. Last lines of {self.log_file}:\n{log_tail(self.log_file)}"
         )
 
     def _spawn(self, command: list[str], port: int) -> subprocess.Popen:
@@ -142,13 +141,6 @@ class DevAzurite:
             return None
         return pid if b"azurite" in cmdline else None
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        # Two processes (pytest-xdist workers) must not both start a server in one folder.
-        with open(self.root / ".lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            yield
-
 
 def find_azurite() -> list[str]:
     """The command that runs Azurite's blob service: the project's .azurite/, else PATH."""
@@ -185,15 +177,3 @@ def _is_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    if not path.exists():
-        return "(no log written)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,15 +1,11 @@
 """Private PostgreSQL + PostGIS cluster in a project folder, from the system's binaries."""
 
-import contextlib
-import fcntl
 import logging
 import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
-from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
@@ -17,6 +13,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from rayetl.dev_services import folder_lock, free_port, is_port_free, log_tail
 from rayetl.errors import RayetlError
 
 __all__ = ["DevDatabase", "DevDatabaseError", "find_bindir"]
@@ -66,7 +63,7 @@ class DevDatabase:
     def start(self) -> str:
         """Create the cluster if needed, start it if stopped, and return the URL of `rayetl`."""
         self._prepare_root()
-        with self._lock():
+        with folder_lock(self.root):
             if not self._is_initialized():
                 self._init()
             if not self.is_running():
@@ -78,7 +75,7 @@ class DevDatabase:
         """Stop the server (fast shutdown: roll back open transactions); no-op when stopped."""
         if not self._is_initialized():
             return
-        with self._lock():
+        with folder_lock(self.root):
             if self.is_running():
                 self._run(self._pg_ctl, "stop", "-D", self.data_dir, "-m", "fast", "-w", "-t", "60")
                 logger.info("private PostgreSQL in %s stopped", self.root)
@@ -126,14 +123,6 @@ class DevDatabase:
                 "e.g. RAYETL_HOME=/var/lib/rayetl, or run rayetl as a normal user."
             )
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        # Two processes (pytest-xdist workers, two CLI calls) must not both run initdb or pick
-        # a port; the lock is released when the file closes, even if the process dies.
-        with open(self.root / ".lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            yield
-
     def _init(self) -> None:
         if not self.password_file.exists():
             self._write(self.password_file, secrets.token_urlsafe(24))
@@ -173,15 +162,15 @@ class DevDatabase:
         if result.returncode != 0:
             raise DevDatabaseError(
                 f"PostgreSQL in {self.data_dir} did not start: {result.stderr.strip()}\n"
-                f"Last lines of {self.log_file}:\n{_tail(self.log_file)}"
+                f"Last lines of {self.log_file}:\n{log_tail(self.log_file)}"
             )
         logger.info("private PostgreSQL in %s listens on %s:%d", self.root, HOST, port)
 
     def _choose_port(self) -> int:
         port = int(self.port_file.read_text()) if self.port_file.exists() else None
-        if port is not None and _is_port_free(port):
+        if port is not None and is_port_free(HOST, port):
             return port
-        new_port = _free_port()
+        new_port = free_port(HOST)
         if port is not None:
             logger.warning("port %d is taken; private PostgreSQL moves to %d", port, new_port)
         self._write(self.port_file, f"{new_port}\n")
@@ -254,26 +243,3 @@ def _server_user_ids() -> tuple[int, int]:
 
 def _conf_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "''")
-
-
-def _is_port_free(port: int) -> bool:
-    # SO_REUSEADDR like the postmaster, so our own TIME_WAIT connections don't count as "taken".
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    if not path.exists():
-        return "(no log written)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
