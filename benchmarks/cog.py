@@ -35,6 +35,7 @@ import rasterio
 from private_stack import private_stack, settle
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from repeats import fastest
 from rio_cogeo.cogeo import cog_validate
 
 from rayetl.actors import submission
@@ -178,7 +179,7 @@ def warm_up(settings: Settings, pool: Any) -> None:
 
 
 def convert_all(source: Source, *, settings: Settings, pool: Any, tile_size: int, repeat: int) -> list[Run]:
-    """Every tool `repeat` times, taking turns; each tool's best run (see best_of)."""
+    """Every tool `repeat` times, taking turns; each tool's fastest run (repeats.fastest)."""
     src = settings.local_storage_root / BRONZE / source.file_name
     out = settings.home / "anchors"
     out.mkdir(exist_ok=True)
@@ -199,16 +200,7 @@ def convert_all(source: Source, *, settings: Settings, pool: Any, tile_size: int
             runs.setdefault(tool, []).append(done)
             print(f"  {source.name} {tool} run {run}/{repeat}: {_seconds(done)}", flush=True)
     shutil.rmtree(out)
-    return [best_of(tool_runs) for tool_runs in runs.values()]
-
-
-def best_of(runs: list[Run]) -> Run:
-    """The fastest run, or the first failed one: timings here swing by up to ±20% run to run, and
-    the fastest is the least disturbed (as timeit does)."""
-    done = [run for run in runs if run.seconds is not None]
-    best = min(done, key=lambda run: run.seconds) if done else runs[0]
-    best.run_seconds = [run.seconds for run in done]
-    return best
+    return [fastest(tool_runs) for tool_runs in runs.values()]
 
 
 # -- report ----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import pyarrow.csv
 import pyogrio
 import shapely
 from private_stack import private_stack, settle
+from repeats import fastest
 
 from rayetl.actors import submission
 from rayetl.settings import Settings
@@ -439,11 +440,9 @@ def warm_up(settings: Settings, pool: Any) -> None:
 
 def best_of(runs: list[Load]) -> Load:
     """The fastest run (a failed run if none succeeded), with the largest worker peak of them all."""
-    done = [load for load in runs if load.ok]
-    best = min(done, key=lambda load: load.seconds) if done else runs[0]
+    best = fastest(runs)
     peaks = [load.peak_worker for load in runs if load.peak_worker is not None]
     best.peak_worker = max(peaks, key=lambda peak: peak.rss_bytes) if peaks else None
-    best.run_seconds = [load.seconds for load in done]
     return best
 
 
