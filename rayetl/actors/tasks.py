@@ -70,8 +70,11 @@ def execute_stream_task(fn: Callable[..., Any], ctx: TaskContext, *args: Any, **
 
 
 @ray.remote(max_retries=0, num_cpus=0)
-def _import_job_code() -> None:
-    import rayetl.pipelines  # noqa: F401  every job type's modules: geopandas, rasterio, pystac...
+def _import_job_code() -> list[str]:
+    """The job types this worker can now run without importing anything (all of them)."""
+    from rayetl.pipelines import JOB_TYPES  # every job type's modules: geopandas, rasterio, pystac...
+
+    return sorted(JOB_TYPES)
 
 
 def warm_worker_pool() -> list[ray.ObjectRef]:
@@ -80,7 +83,8 @@ def warm_worker_pool() -> list[ray.ObjectRef]:
     A worker imports a task's module on its first task: ~1-1.5 s here, which held back a job's
     second tile or upload by as much. One warm-up task per worker a job runs at once (uploads and
     tiles take half a CPU or one); a warm worker finishes it at once, so a cold one takes the next.
-    Fire and forget: the refs only tell a caller when the pool is warm.
+    The warm-up takes no CPU, so it never waits behind a running job nor holds one back. Fire and
+    forget: the refs (each to the job types its worker loaded) only tell a caller when it is done.
     """
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return [_import_job_code.remote() for _ in range(2 * cpus)]
