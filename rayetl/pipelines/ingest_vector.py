@@ -25,14 +25,9 @@ from rayetl.pipelines.ingest_vector_params import (
     source_file,
 )
 from rayetl.pipelines.vector_catalog import CatalogedTable, TableSource, catalog_table
-from rayetl.pipelines.vector_prepare import (
-    ChunkSummary,
-    RejectedRow,
-    merge_summaries,
-    nothing_loaded_message,
-    prepare_batch,
-)
+from rayetl.pipelines.vector_prepare import prepare_batch
 from rayetl.pipelines.vector_source import read_batches
+from rayetl.pipelines.vector_summary import ChunkSummary, RejectedRow, merge_summaries, nothing_loaded_message
 from rayetl.settings import Settings
 from rayetl.store import postgis, postgis_publish
 from rayetl.store.db import connect

@@ -2,17 +2,18 @@
 
 The prepared chunk is a pyarrow.Table (attributes with their source types, then `geom` as WKB), so
 it moves through Ray's object store without copies and COPY encodes it without shapely objects.
+What was done to it is told by its ChunkSummary (vector_summary.py).
 """
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import shapely
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pyproj import CRS, Transformer
 
 from rayetl.errors import PermanentError
@@ -25,32 +26,20 @@ from rayetl.pipelines.vector_columns import (
     plain_points,
     wkb_problem,
 )
-from rayetl.pipelines.vector_formats import RawBatch, parse_crs
-
-__all__ = [
-    "ChunkSummary",
-    "GeometryParams",
-    "PreparedChunk",
-    "RejectedRow",
-    "family_of",
-    "merge_summaries",
-    "nothing_loaded_message",
-    "prepare_batch",
-]
-
-FAMILIES = ("Point", "LineString", "Polygon")
-# Family by shapely type id (Point, LineString, LinearRing, Polygon, MultiPoint, MultiLineString,
-# MultiPolygon, GeometryCollection); a collection takes the family of its parts. Index -1 (a missing
-# geometry) lands on the None at the end.
-_FAMILY_OF = np.array(
-    ["Point", "LineString", "LineString", "Polygon", "Point", "LineString", "Polygon", None], dtype=object
+from rayetl.pipelines.vector_families import (
+    as_multi,
+    family_of,
+    flat_parts,
+    is_collection,
+    parts_of_family,
+    row_families,
+    type_counts,
 )
-_COLLECTION = 7
-_MULTI = {
-    "Point": shapely.multipoints,
-    "LineString": shapely.multilinestrings,
-    "Polygon": shapely.multipolygons,
-}
+from rayetl.pipelines.vector_formats import RawBatch, parse_crs
+from rayetl.pipelines.vector_summary import ChunkSummary, RejectedRow, rejected_message
+
+__all__ = ["GeometryParams", "PreparedChunk", "prepare_batch"]
+
 _WGS84 = CRS.from_epsg(4326)
 _SLACK_DEG = 1e-6  # reprojection round-off at the edges of EPSG:4326 is not an error
 
@@ -69,28 +58,6 @@ class GeometryParams(JobParams):
     precision: float | None = Field(
         None, gt=0, description="Snap coordinates to a grid of this size in degrees (1e-6 is about 11 cm)."
     )
-
-
-class RejectedRow(BaseModel):
-    """A source row left out, and why."""
-
-    row: int
-    reason: str
-
-
-class ChunkSummary(BaseModel):
-    """What preparing a batch did: counts for the job result, and the chunk's type and extent."""
-
-    rows_in: int
-    rows_out: int
-    dropped_null: int = 0
-    dropped_empty: int = 0
-    repaired: int = 0
-    rejected: int = 0
-    rejected_rows: list[RejectedRow] = []  # the first MAX_REPORTED_ROWS, in source order
-    geometry_type: str | None = None  # e.g. "MultiPolygon"; None when no row is left
-    bbox: list[float] | None = None  # [xmin, ymin, xmax, ymax] in EPSG:4326
-    renamed: dict[str, str] = {}  # source column name -> table column name
 
 
 @dataclass(frozen=True)
@@ -130,7 +97,7 @@ def prepare_batch(
         family, geometry = _prepare_geometries(work, target_type, source_crs, params)
     summary = work.summary(family, geometry)
     if summary.rejected and on_invalid == "fail":
-        raise PermanentError(_rejected_message(batch.source, summary))
+        raise PermanentError(rejected_message(batch.source, summary))
     names, renamed = clean_column_names(batch.attributes.column_names)
     table = batch.attributes.filter(pa.array(work.keep)).rename_columns(names)
     table = table.append_column(pa.field("geom", pa.binary()), geometry)
@@ -255,32 +222,6 @@ def _prepare_points(work: "_Work", points: np.ndarray, reprojection: _Reprojecti
 # -- geometry families -----------------------------------------------------------------------------
 
 
-def family_of(geometry_type: str | None) -> str | None:
-    """The family ("Point", "LineString", "Polygon") of a type name like "MultiPolygon" or "Point Z"."""
-    if not geometry_type:
-        return None
-    name = geometry_type.replace("3D ", "").split(" ")[0].removeprefix("Multi")
-    return name if name in FAMILIES else None
-
-
-def _row_families(geoms: np.ndarray) -> np.ndarray:
-    """Each geometry's family; a collection's is that of its parts, or None when they mix families."""
-    type_ids = shapely.get_type_id(geoms)
-    families = _FAMILY_OF[type_ids]
-    for i in np.flatnonzero(type_ids == _COLLECTION).tolist():
-        kinds = set(_FAMILY_OF[shapely.get_type_id(_flat_parts(geoms[i]))])
-        families[i] = kinds.pop() if len(kinds) == 1 else None
-    return families
-
-
-def _flat_parts(geometry) -> np.ndarray:
-    """The simple (not multi, not collection) parts of a geometry."""
-    parts = shapely.get_parts(geometry)
-    while len(parts) and (shapely.get_type_id(parts) >= 4).any():
-        parts = shapely.get_parts(parts)
-    return parts
-
-
 def _table_family(work: "_Work", target_type: str | None) -> str | None:
     """The family of the table: declared by the layer, set by earlier chunks, or found in the data.
 
@@ -288,9 +229,9 @@ def _table_family(work: "_Work", target_type: str | None) -> str | None:
     file's own contract. Otherwise a batch that mixes families fails, with the counts per type.
     """
     kept = work.kept()
-    families = _row_families(work.geoms[kept])
+    families = row_families(work.geoms[kept])
     mixed = kept[families == None]  # noqa: E711
-    work.reject(mixed, lambda i: f"a GeometryCollection of {_type_counts(_flat_parts(work.geoms[i]))}")
+    work.reject(mixed, lambda i: f"a GeometryCollection of {type_counts(flat_parts(work.geoms[i]))}")
     found = set(families[families != None].tolist())  # noqa: E711
     declared, target = family_of(work.batch.declared_type), family_of(target_type)
     if declared and target and declared != target:
@@ -305,29 +246,22 @@ def _table_family(work: "_Work", target_type: str | None) -> str | None:
     if len(found) > 1 or target:
         raise PermanentError(
             f"{work.batch.source} mixes geometry families (rows {rows[0]}-{rows[-1]}: "
-            f"{_type_counts(work.geoms[work.keep])}){earlier}. "
+            f"{type_counts(work.geoms[work.keep])}){earlier}. "
             "A table holds one family (points, lines or polygons): split the file by geometry type "
             "(e.g. ogr2ogr -where \"OGR_GEOMETRY='Polygon'\") and load each part"
         )
     return found.pop()
 
 
-def _type_counts(geoms: np.ndarray) -> str:
-    type_ids = shapely.get_type_id(geoms)
-    kinds, counts = np.unique(type_ids, return_counts=True)
-    names = [geoms[type_ids == kind][0].geom_type for kind in kinds]
-    return ", ".join(f"{name}: {n}" for name, n in sorted(zip(names, counts.tolist(), strict=True)))
-
-
 def _conform(work: "_Work", family: str) -> None:
     """Reject rows of another family; collections of the family's parts become Multi geometries."""
     kept = work.kept()
-    other = kept[_row_families(work.geoms[kept]) != family]
+    other = kept[row_families(work.geoms[kept]) != family]
     layer = work.batch.declared_type or family
     work.reject(other, lambda i: f"a {work.geoms[i].geom_type} in a layer of {layer} geometries")
     kept = work.kept()
-    for i in kept[shapely.get_type_id(work.geoms[kept]) == _COLLECTION].tolist():
-        work.geoms[i] = _MULTI[family](_flat_parts(work.geoms[i]))
+    for i in kept[is_collection(work.geoms[kept])].tolist():
+        work.geoms[i] = as_multi(flat_parts(work.geoms[i]), family)
         work.modified = True
 
 
@@ -374,11 +308,10 @@ def _make_valid_one(geometry):
 def _repaired_into(geometry, family: str):
     if geometry is None or geometry.is_empty:
         return None
-    parts = _flat_parts(geometry)
-    parts = parts[_FAMILY_OF[shapely.get_type_id(parts)] == family]
+    parts = parts_of_family(geometry, family)
     if not len(parts):
         return None
-    return parts[0] if len(parts) == 1 else _MULTI[family](parts)
+    return parts[0] if len(parts) == 1 else as_multi(parts, family)
 
 
 def _reprojection(batch: RawBatch, source_crs: str | None) -> _Reprojection:
@@ -455,43 +388,3 @@ def _simplify(work: "_Work", params: GeometryParams) -> None:
             f"precision={params.precision}); use smaller values"
         ),
     )
-
-
-# -- messages and totals ---------------------------------------------------------------------------
-
-
-def _rejected_message(source: str, summary: ChunkSummary) -> str:
-    first = "; ".join(f"row {r.row}: {r.reason}" for r in summary.rejected_rows)
-    return (
-        f"{source}: {summary.rejected} row(s) cannot be loaded (first: {first}). Fix them in the file, "
-        "or set converter_params.on_invalid='skip' to load the other rows and report these"
-    )
-
-
-def merge_summaries(summaries: Iterable[ChunkSummary]) -> ChunkSummary:
-    """The summaries of a file's chunks as one: counts summed, extents joined, first rejects kept."""
-    summaries = list(summaries)
-    counts = ("rows_in", "rows_out", "dropped_null", "dropped_empty", "repaired", "rejected")
-    boxes = np.array([s.bbox for s in summaries if s.bbox is not None]).reshape(-1, 4)
-    types = [s.geometry_type for s in summaries if s.geometry_type]
-    rejected_rows = sorted((r for s in summaries for r in s.rejected_rows), key=lambda r: r.row)
-    return ChunkSummary(
-        **{name: sum(getattr(s, name) for s in summaries) for name in counts},
-        rejected_rows=rejected_rows[:MAX_REPORTED_ROWS],
-        geometry_type=types[0] if types else None,
-        bbox=[*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)] if len(boxes) else None,
-        renamed=next((s.renamed for s in summaries if s.renamed), {}),
-    )
-
-
-def nothing_loaded_message(source: str, summary: ChunkSummary) -> str:
-    """Why a file produced no rows: zero features, or what dropped every one of them."""
-    if summary.rows_in == 0:
-        return f"{source}: the file holds zero features; nothing to load"
-    causes = [
-        (summary.dropped_null, "null geometries"),
-        (summary.dropped_empty, "empty geometries"),
-        (summary.rejected, "rejected rows (see rejected_rows)"),
-    ]
-    why = ", ".join(f"{label} ({n} of {summary.rows_in})" for n, label in causes if n)
-    return f"{source}: every feature dropped: {why}; nothing to load. Check the file's geometries"

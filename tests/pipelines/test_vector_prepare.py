@@ -15,14 +15,9 @@ import shapely
 from rayetl.errors import PermanentError
 from rayetl.pipelines.vector_columns import clean_column_name, clean_column_names
 from rayetl.pipelines.vector_formats import ConverterParams, RawBatch, infer_format
-from rayetl.pipelines.vector_prepare import (
-    ChunkSummary,
-    GeometryParams,
-    merge_summaries,
-    nothing_loaded_message,
-    prepare_batch,
-)
+from rayetl.pipelines.vector_prepare import GeometryParams, prepare_batch
 from rayetl.pipelines.vector_source import read_batches
+from rayetl.pipelines.vector_summary import ChunkSummary, merge_summaries, nothing_loaded_message
 
 CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not (CORPUS / "MANIFEST.json").is_file(), reason="shared corpus absent")
