@@ -18,7 +18,7 @@ import pyogrio.raw
 from pyproj import CRS
 
 from rayetl.errors import InvalidRequest, PermanentError
-from rayetl.pipelines.csv_types import CsvNotTyped, column_types, read_typed, write_csvt
+from rayetl.pipelines.csv_types import CsvNotTyped, classify_columns, read_typed, write_csvt
 from rayetl.pipelines.vector_columns import points_from_columns
 from rayetl.pipelines.vector_formats import ConverterParams, RawBatch
 
@@ -107,18 +107,21 @@ class CsvColumns:
 
     names: list[str]
     types: list[str]
+    plain: list[bool]  # whether pyarrow parses the column's values itself (csv_types.classify_columns)
 
 
 def csv_columns(dataset: str) -> CsvColumns | None:
     """A CSV's columns with GDAL's types (see csv_types.py), or None to let GDAL detect them itself."""
     try:
-        types = column_types(dataset)
+        classified = classify_columns(dataset)
     except CsvNotTyped as exc:
         logger.info("%s: GDAL detects the CSV types itself (%s)", dataset, exc)
         return None
     with pyogrio.raw.open_arrow(dataset, batch_size=1, use_pyarrow=True) as (meta, _):
         names = [str(name) for name in meta["fields"]]
-    return CsvColumns(names, types) if len(types) == len(names) else None
+    if len(classified.types) != len(names):
+        return None
+    return CsvColumns(names, classified.types, classified.plain)
 
 
 @contextmanager
@@ -153,7 +156,7 @@ def read_csv_with_arrow(
     geographic = CRS.from_user_input(crs).is_geographic
     first_row = 1
     try:
-        for table in read_typed(dataset, columns.names, columns.types, batch_size):
+        for table in read_typed(dataset, columns.names, columns.types, batch_size, plain=columns.plain):
             rows = np.arange(first_row, first_row + table.num_rows)
             first_row += table.num_rows
             lat, lon = table.column(converter.lat_name), table.column(converter.lon_name)

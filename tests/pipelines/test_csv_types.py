@@ -4,7 +4,13 @@ import numpy as np
 import pyogrio
 import pytest
 
-from rayetl.pipelines.csv_types import CsvNotTyped, column_types, readable_without_gdal
+from rayetl.pipelines.csv_types import (
+    CsvNotTyped,
+    classify_columns,
+    column_types,
+    read_typed,
+    readable_without_gdal,
+)
 from rayetl.pipelines.vector_formats import ConverterParams, VectorFormat
 from rayetl.pipelines.vector_source import read_batches
 
@@ -70,6 +76,32 @@ def test_types_are_the_ones_gdal_detects(tmp_path):
     assert dict(zip(COLUMNS, column_types(path), strict=True)) == dict(
         zip(COLUMNS, _gdal_types(path), strict=True)
     )
+
+
+# Columns pyarrow parses itself (plain) or reads as text to convert as GDAL does (not plain).
+PLAIN_OR_NOT = {
+    "plain_integers": (["1", "-2", "0", "-0"], True),
+    "integers_with_a_sign_or_space": (["1", "+2", " 3"], False),
+    "plain_integer64": (["1", "-2147483649"], True),
+    "plain_reals": (["1e5", "1.", ".5", "-.5", "2", "1.5E-3"], True),
+    "reals_with_inf": (["1.5", "inf"], False),
+    "reals_with_a_space": (["1.5", " 2.5"], False),
+    "plain_dates": (["2024-01-02", "2024-02-29"], True),
+    "dates_with_slashes": (["2024-01-02", "2024/01/03"], False),
+}
+
+
+def test_plain_columns_are_parsed_by_pyarrow_into_the_values_gdal_reads(tmp_path):
+    path = tmp_path / "plain.csv"
+    _write_columns(path, {name: values for name, (values, _) in PLAIN_OR_NOT.items()})
+
+    classified = classify_columns(path)
+    assert classified.plain == [plain for _, plain in PLAIN_OR_NOT.values()]
+    names = list(PLAIN_OR_NOT)
+    (parsed,) = read_typed(path, names, classified.types, 100, plain=classified.plain)
+    (from_text,) = read_typed(path, names, classified.types, 100)  # every column converted from text
+    expected = pyogrio.read_arrow(path, read_geometry=False, **_AUTODETECT)[1]
+    assert parsed.equals(expected) and from_text.equals(expected)
 
 
 @pytest.mark.parametrize("value", ["+", ".", "5 ", "99999999999999999999"])
