@@ -160,7 +160,8 @@ def storage_put(
     target: Annotated[str, typer.Argument(help="CONTAINER/PATH")],
 ) -> None:
     """Copy a local file into a container (a local container is created if missing)."""
-    from rayetl.store.objects import normalize_path, open_container
+    from rayetl.store.object_names import normalize_path
+    from rayetl.store.objects import open_container
 
     name, path = _split_target(target)
     path = normalize_path(path or local.name, container=name)  # refuse a bad path before creating anything
@@ -176,7 +177,8 @@ def storage_sample(
     import tempfile
 
     from rayetl.sample_data import write_sample_points
-    from rayetl.store.objects import normalize_path, open_container
+    from rayetl.store.object_names import normalize_path
+    from rayetl.store.objects import open_container
 
     name, path = _split_target(target)
     path = normalize_path(path, container=name)

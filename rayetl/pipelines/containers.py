@@ -9,7 +9,8 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from rayetl.errors import InvalidRequest
 from rayetl.pipelines.contract import JobParams, StageOutputs, TaskSpec, current_task
 from rayetl.settings import Settings
-from rayetl.store.objects import normalize_path, open_container
+from rayetl.store.object_names import normalize_path
+from rayetl.store.objects import open_container
 
 __all__ = [
     "ContainerListingParams",

@@ -17,7 +17,8 @@ from rayetl.pipelines.vector_source import check_source
 from rayetl.settings import Settings
 from rayetl.store import postgis
 from rayetl.store.db import connect
-from rayetl.store.objects import normalize_path, open_container
+from rayetl.store.object_names import normalize_path
+from rayetl.store.objects import open_container
 
 __all__ = [
     "FAULTS",

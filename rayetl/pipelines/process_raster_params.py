@@ -12,7 +12,8 @@ from rayetl.pipelines.containers import output_container_or_default
 from rayetl.pipelines.raster_params import COG_COMPRESSIONS, RasterSource, check_raster_source
 from rayetl.pipelines.stac_params import CollectionId
 from rayetl.settings import Settings
-from rayetl.store.objects import Container, normalize_path, open_container
+from rayetl.store.object_names import normalize_path
+from rayetl.store.objects import Container, open_container
 
 __all__ = [
     "FAULTS",

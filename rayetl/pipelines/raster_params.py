@@ -8,7 +8,8 @@ from rayetl.errors import InvalidRequest
 from rayetl.pipelines.containers import container_or_default
 from rayetl.pipelines.contract import JobParams
 from rayetl.settings import Settings
-from rayetl.store.objects import ObjectInfo, normalize_path, open_container
+from rayetl.store.object_names import normalize_path
+from rayetl.store.objects import ObjectInfo, open_container
 
 __all__ = [
     "COG_COMPRESSIONS",

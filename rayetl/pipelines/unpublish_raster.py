@@ -13,7 +13,8 @@ from rayetl.pipelines.raster_stac import raster_item_id
 from rayetl.settings import Settings
 from rayetl.store import pgstac
 from rayetl.store.db import connect
-from rayetl.store.objects import normalize_path, open_container
+from rayetl.store.object_names import normalize_path
+from rayetl.store.objects import open_container
 from rayetl.store.published_rasters import PublishedRaster, find_published, forget_published
 
 __all__ = ["UNPUBLISH_RASTER", "UnpublishRasterParams", "UnpublishRasterResult"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
@@ -24,17 +23,13 @@ from pydantic import BaseModel, ConfigDict
 
 from rayetl.errors import InvalidRequest, NotFound
 from rayetl.settings import Settings
+from rayetl.store.azure_gdal import azure_gdal_env
+from rayetl.store.object_names import check_container_name, is_container_name, normalize_path
 
-__all__ = ["TMP_MARKER", "Container", "ObjectInfo", "list_containers", "normalize_path", "open_container"]
+__all__ = ["TMP_MARKER", "Container", "ObjectInfo", "list_containers", "open_container"]
 
 logger = logging.getLogger(__name__)
 
-# Azure Blob Storage's rule, so that a local container can move to Azure under the same name.
-_NAME_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-_NAME_RULE = (
-    "3 to 63 characters: lower-case letters, digits and single hyphens, "
-    "starting and ending with a letter or digit"
-)
 # In the name of files and folders being written: listings never show them.
 TMP_MARKER = ".rayetl-tmp-"
 # Backends name the modification time differently: adlfs, s3fs, local, gcsfs, memory.
@@ -237,7 +232,7 @@ class Container:
         """GDAL configuration options that gdal_path() needs (credentials of remote containers)."""
         if self._azure_container is None:
             return {}
-        return _azure_gdal_env(self.fs, container=self.name)
+        return azure_gdal_env(self.fs, container=self.name)
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file inside the container, replacing `dst`."""
@@ -365,37 +360,13 @@ class Container:
             ) from exc
 
 
-def normalize_path(path: str, *, container: str | None = None) -> str:
-    """A container-relative path, normalised ('a//./b' → 'a/b'); InvalidRequest if it could escape."""
-    where = f"path {path!r}" + (f" in container {container!r}" if container else "")
-    if "\x00" in path:
-        raise InvalidRequest(f"{where} contains a NUL byte: remove it")
-    if "\\" in path:
-        raise InvalidRequest(f"{where} contains a backslash: separate folders with '/'")
-    if "://" in path:
-        raise InvalidRequest(
-            f"{where} is a URL: use a path relative to the container, e.g. 'folder/file.csv'"
-        )
-    if path.startswith("/"):
-        raise InvalidRequest(
-            f"{where} is absolute: use a path relative to the container, e.g. {path.lstrip('/')!r}"
-        )
-    parts = [part for part in path.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        leaves = f"container {container!r}" if container else "its container"
-        raise InvalidRequest(
-            f"path {path!r} leaves {leaves}: use a path relative to the container, without '..'"
-        )
-    return "/".join(parts)
-
-
 def open_container(settings: Settings, name: str, *, create: bool = False) -> Container:
     """The container `name`: configured in settings.containers, else a local folder.
 
     A configured az:// container must exist on its storage account (NotFound names it when it
     does not); create=True makes a missing one, as it makes a missing local folder.
     """
-    _check_name(name)
+    check_container_name(name)
     if name in settings.containers:
         container = _open_configured(settings, name)
         if create:
@@ -415,7 +386,7 @@ def list_containers(settings: Settings) -> list[str]:
     names = set(settings.containers)
     root = settings.local_storage_root
     if root.is_dir():
-        names |= {p.name for p in root.iterdir() if p.is_dir() and _is_name(p.name)}
+        names |= {p.name for p in root.iterdir() if p.is_dir() and is_container_name(p.name)}
     return sorted(names)
 
 
@@ -436,54 +407,6 @@ def _open_configured(settings: Settings, name: str) -> Container:
             "fix RAYETL_CONTAINERS or RAYETL_STORAGE_OPTIONS, or install the fsspec backend"
         ) from exc
     return Container(name, url, fs, root)
-
-
-def _azure_gdal_env(fs: AbstractFileSystem, *, container: str) -> dict[str, str]:
-    """GDAL's /vsiaz/ configuration options for the credentials adlfs was given (or found in env)."""
-    if fs.connection_string:
-        # GDAL reads AccountName, AccountKey or SharedAccessSignature and BlobEndpoint (Azurite,
-        # custom domains) from it.
-        return {"AZURE_STORAGE_CONNECTION_STRING": fs.connection_string}
-    if not fs.account_name:
-        raise InvalidRequest(
-            f"container {container!r}: GDAL needs the storage account's name to read it. Set "
-            "account_name or connection_string in RAYETL_STORAGE_OPTIONS['az']"
-        )
-    env = {"AZURE_STORAGE_ACCOUNT": fs.account_name}
-    host = getattr(fs, "account_host", None)
-    if host and fs.account_key:
-        return {
-            "AZURE_STORAGE_CONNECTION_STRING": (
-                f"DefaultEndpointsProtocol=https;AccountName={fs.account_name};"
-                f"AccountKey={fs.account_key};BlobEndpoint=https://{host}"
-            )
-        }
-    if host:
-        raise InvalidRequest(
-            f"container {container!r}: GDAL reaches a custom account_host ({host}) only with an "
-            "account key or a connection string. Set connection_string in RAYETL_STORAGE_OPTIONS['az']"
-        )
-    if fs.account_key:
-        env["AZURE_STORAGE_ACCESS_KEY"] = fs.account_key
-    elif fs.sas_token:
-        env["AZURE_STORAGE_SAS_TOKEN"] = fs.sas_token.lstrip("?")
-    elif fs.anon:
-        env["AZURE_NO_SIGN_REQUEST"] = "YES"
-    # Otherwise adlfs holds a credential object (service principal, DefaultAzureCredential) that
-    # GDAL cannot take: with the account alone, GDAL uses its own chain (managed identity,
-    # workload identity through AZURE_FEDERATED_TOKEN_FILE).
-    return env
-
-
-def _is_name(name: str) -> bool:
-    return 3 <= len(name) <= 63 and _NAME_PATTERN.fullmatch(name) is not None
-
-
-def _check_name(name: str) -> None:
-    if not _is_name(name):
-        raise InvalidRequest(
-            f"invalid container name {name!r}: use {_NAME_RULE}, e.g. 'bronze' or 'raw-2024'"
-        )
 
 
 def _unknown_message(settings: Settings, name: str) -> str:
