@@ -159,7 +159,7 @@ def run_rayetl(
     }
     started = time.perf_counter()
     submitted = submission.submit_job("process_raster", params, settings=settings, pool=pool)
-    job = submission.wait_for_job(submitted.job.id, pool=pool, timeout_s=JOB_TIMEOUT_S, poll_s=0.05)
+    job = submission.wait_for_job(submitted.job.id, pool=pool, timeout_s=JOB_TIMEOUT_S)
     seconds = time.perf_counter() - started
     if job.status != "completed":
         return Run(tool, note=f"job {job.id[:12]} {job.status}: {job.error}"[:300])

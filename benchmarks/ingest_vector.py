@@ -248,7 +248,7 @@ def load_with_rayetl(
     with WorkerMemory() as memory:
         started = time.perf_counter()
         submitted = submission.submit_job("ingest_vector", params, settings=settings, pool=pool)
-        job = submission.wait_for_job(submitted.job.id, pool=pool, timeout_s=JOB_TIMEOUT_S, poll_s=0.05)
+        job = submission.wait_for_job(submitted.job.id, pool=pool, timeout_s=JOB_TIMEOUT_S)
         seconds = time.perf_counter() - started
     load = Load("rayetl", job_id=job.id, peak_worker=memory.peak)
     if job.status != "completed":

@@ -36,7 +36,7 @@ def run(sizes: list[int]) -> None:
         warm = submission.submit_job(
             "hello_world", {"n": 20, "message": "warm-up"}, settings=settings, pool=pool
         )
-        submission.wait_for_job(warm.job.id, pool=pool, timeout_s=120, poll_s=0.05)
+        submission.wait_for_job(warm.job.id, pool=pool, timeout_s=120)
 
         header = (
             ("n", 6),
@@ -53,7 +53,7 @@ def run(sizes: list[int]) -> None:
             settle(settings)
             started = time.perf_counter()
             done = submission.submit_job("hello_world", params, settings=settings, pool=pool)
-            job = submission.wait_for_job(done.job.id, pool=pool, timeout_s=600, poll_s=0.02)
+            job = submission.wait_for_job(done.job.id, pool=pool, timeout_s=600)
             wall = time.perf_counter() - started
             assert job.status == "completed", job.error
             tasks, events = audit_rows(pool, job.id)

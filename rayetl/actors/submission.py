@@ -155,16 +155,25 @@ def retry_job(job_id: str, *, settings: Settings, pool: ConnectionPool) -> JobRe
     return restarted
 
 
-def wait_for_job(job_id: str, *, pool: ConnectionPool, timeout_s: float, poll_s: float = 0.2) -> JobRecord:
-    """Poll until the job ends; TimeoutError after timeout_s."""
+def wait_for_job(job_id: str, *, pool: ConnectionPool, timeout_s: float, recheck_s: float = 1.0) -> JobRecord:
+    """Wait until the job ends; TimeoutError after timeout_s.
+
+    Woken by the notification the job's end sends as it commits (audit.job_ends), so a waiter
+    learns of it at once instead of at its next poll; the job is read again every recheck_s anyway.
+    """
     deadline = time.monotonic() + timeout_s
-    while True:
-        job = _require_job(pool, job_id)
-        if job.status.is_terminal:
-            return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id[:12]} still {job.status.value} after {timeout_s:.0f}s")
-        time.sleep(poll_s)
+    with pool.connection() as conn, audit.job_ends(conn) as wait_for_an_end:
+        while True:
+            with conn.transaction():
+                job = audit.get_job(conn, job_id)
+            if job is None:
+                raise NotFound(f"no job with id {job_id!r} (GET /api/jobs lists the jobs)")
+            if job.status.is_terminal:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"job {job_id[:12]} still {job.status.value} after {timeout_s:.0f}s")
+            wait_for_an_end(min(recheck_s, remaining))
 
 
 def record_event(pool: ConnectionPool, job: JobRecord, event: str, **detail: Any) -> None:

@@ -1,7 +1,8 @@
 """Audit trail in Postgres: jobs, tasks and the append-only event log, written in batches."""
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "get_job",
     "insert_job",
     "insert_tasks",
+    "job_ends",
     "list_events",
     "list_jobs",
     "list_tasks",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 _OPEN_TASK_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.RUNNING.value)
+# finish_job NOTIFYs it with the job's id; PostgreSQL delivers it to listeners when the end commits.
+_JOB_ENDED_CHANNEL = "rayetl_job_ended"
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,25 @@ def finish_job(
         event_detail = {"error": error} if error else {}
         event_detail.update(detail or {})
         add_events(conn, [JobEvent(job_id, attempt, f"job_{status.value}", detail=event_detail)])
+        conn.execute("SELECT pg_notify(%s, %s)", (_JOB_ENDED_CHANNEL, job_id))
     return True
+
+
+@contextmanager
+def job_ends(conn: Connection) -> Iterator[Callable[[float], bool]]:
+    """Listen on conn for jobs ending; yields wait(timeout_s): whether one ended before the timeout.
+
+    A job read after entering has its end notified, however soon it comes. conn must be idle (no
+    transaction open) and is left idle, no longer listening.
+    """
+    channel = sql.Identifier(_JOB_ENDED_CHANNEL)
+    with conn.transaction():
+        conn.execute(sql.SQL("LISTEN {}").format(channel))
+    try:
+        yield lambda timeout_s: any(True for _ in conn.notifies(timeout=timeout_s, stop_after=1))
+    finally:
+        with conn.transaction():
+            conn.execute(sql.SQL("UNLISTEN {}").format(channel))
 
 
 def mark_resumed(conn: Connection, job_id: str, attempt: int, *, reason: str) -> bool:
