@@ -16,7 +16,6 @@ from rayetl.actors.runtime import worker_pool_env
 from rayetl.devdb import DevDatabase
 from rayetl.models import JobRecord
 from rayetl.settings import Settings
-from rayetl.store import audit
 from rayetl.store.db import open_pool
 from rayetl.store.migrate import upgrade
 
@@ -117,13 +116,12 @@ def api(settings: Settings, ray_cluster: str) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def wait_for_job(pool) -> Callable[..., JobRecord]:
-    def wait(job_id: str, *, timeout_s: float = 60) -> JobRecord:
-        def ended():
-            with pool.connection() as conn:
-                job = audit.get_job(conn, job_id)
-            return job if job.status.is_terminal else None
+    """Wait for a job to end, woken by its end's notification (as rayetl's own waiters are)."""
 
-        return wait_until(ended, timeout_s=timeout_s, what=f"job {job_id[:12]} to end")
+    from rayetl.actors import submission
+
+    def wait(job_id: str, *, timeout_s: float = 60) -> JobRecord:
+        return submission.wait_for_job(job_id, pool=pool, timeout_s=timeout_s)
 
     return wait
 
