@@ -1,5 +1,6 @@
 """The `rayetl` command: the local stack, storage, and jobs (through the API, or `run` on Ray)."""
 
+import functools
 import json
 import logging
 import sys
@@ -54,8 +55,17 @@ def _print_json(value: Any) -> None:
     console.print_json(json.dumps(value, default=str))
 
 
-def follow(get_job: Callable[[], dict[str, Any]], *, poll_s: float = 0.5) -> dict[str, Any]:
-    """Show one progress bar per stage until the job ends; returns the final job."""
+def _half_a_second() -> None:
+    time.sleep(0.5)
+
+
+def follow(
+    get_job: Callable[[], dict[str, Any]], *, pause: Callable[[], object] = _half_a_second
+) -> dict[str, Any]:
+    """Show one progress bar per stage until the job ends; returns the final job.
+
+    pause: waits before the bars are redrawn (it may return early, e.g. when a job ends).
+    """
     columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         bars: dict[str, Any] = {}
@@ -67,7 +77,7 @@ def follow(get_job: Callable[[], dict[str, Any]], *, poll_s: float = 0.5) -> dic
                 progress.update(bars[stage], total=counters["total"] or 1, completed=counters["completed"])
             if job["status"] in ("completed", "failed", "cancelled"):
                 return job
-            time.sleep(poll_s)
+            pause()
 
 
 def _exit_for(job: dict[str, Any]) -> None:
@@ -329,7 +339,12 @@ def run(
                 return audit.get_job(conn, done.job.id).model_dump(mode="json")
 
         deadline = time.monotonic() + timeout_s
-        job = follow(lambda: get_job() if time.monotonic() < deadline else {**get_job(), "status": "timeout"})
+        # Redrawn twice a second, and at once when a job ends: the command returns as the job does.
+        with pool.connection() as listening, audit.job_ends(listening) as wait_for_an_end:
+            job = follow(
+                lambda: get_job() if time.monotonic() < deadline else {**get_job(), "status": "timeout"},
+                pause=functools.partial(wait_for_an_end, 0.5),
+            )
         _print_json(
             {"job_id": job["id"], "status": job["status"], "result": job["result"], "error": job["error"]}
         )
