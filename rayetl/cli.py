@@ -75,7 +75,7 @@ def follow(
                 if stage not in bars:
                     bars[stage] = progress.add_task(stage, total=counters["total"] or None)
                 progress.update(bars[stage], total=counters["total"] or 1, completed=counters["completed"])
-            if job["status"] in ("completed", "failed", "cancelled"):
+            if job["status"] in ("completed", "failed", "cancelled", "timeout"):
                 return job
             pause()
 
@@ -339,12 +339,21 @@ def run(
                 return audit.get_job(conn, done.job.id).model_dump(mode="json")
 
         deadline = time.monotonic() + timeout_s
+
+        def get_job_until_deadline() -> dict[str, Any]:
+            job = get_job()
+            if time.monotonic() < deadline or job["status"] not in ("queued", "running"):
+                return job
+            return {
+                **job,
+                "status": "timeout",
+                "error": f"still {job['status']} after {timeout_s:g} s; the job goes on: "
+                f"`rayetl status {job['id']}` shows it, `rayetl cancel {job['id']}` stops it",
+            }
+
         # Redrawn twice a second, and at once when a job ends: the command returns as the job does.
         with pool.connection() as listening, audit.job_ends(listening) as wait_for_an_end:
-            job = follow(
-                lambda: get_job() if time.monotonic() < deadline else {**get_job(), "status": "timeout"},
-                pause=functools.partial(wait_for_an_end, 0.5),
-            )
+            job = follow(get_job_until_deadline, pause=functools.partial(wait_for_an_end, 0.5))
         _print_json(
             {"job_id": job["id"], "status": job["status"], "result": job["result"], "error": job["error"]}
         )

@@ -119,6 +119,10 @@ def runs(env, ray_cluster):
             "run", "hello_world", "-p", "n=3", "-p", f"message={message}", "-p", 'fail_permanent=["reply-1"]'
         ],
         "unknown type": ["run", "hello_wrld"],
+        "timing out": [
+            "run", "hello_world", "-p", "n=1", "-p", f"message={message}-slow", "-p", "sleep_s=20",
+            "--timeout-s", "3",
+        ],
     }  # fmt: skip
     started = {
         name: subprocess.Popen(
@@ -160,6 +164,18 @@ def test_run_of_a_failing_job_exits_non_zero_and_names_the_failed_task(runs):
     assert '"status": "failed"' in done.stdout
     assert "job failed" in done.stderr
     assert "reply-1: permanent failure injected by fail_permanent" in done.stderr
+
+
+def test_run_gives_up_waiting_after_its_timeout_and_says_the_job_goes_on(runs):
+    _, finished = runs
+
+    done = finished("timing out")
+
+    assert done.returncode == 1, output(done)
+    assert '"status": "timeout"' in done.stdout
+    gave_up = r"job timeout: still (queued|running) after 3 s; the job goes on"
+    assert re.search(gave_up, done.stderr), done.stderr
+    assert re.search(r"`rayetl cancel [0-9a-f]{64}` stops it", done.stderr), done.stderr
 
 
 def test_run_of_an_unknown_job_type_prints_the_message_without_a_traceback(runs):
