@@ -104,18 +104,34 @@ class CoordinatorHost:
         return self._spare and self._spare.handle
 
     def _keep_a_spare(self) -> None:
-        """Start a spare once no coordinator runs a job, even if the last one died without job_ended."""
+        """Start a spare once no coordinator runs a job, even if the last one died without job_ended;
+        let go of coordinators that died for good."""
         while True:
             time.sleep(_QUIET_CHECK_S)
             with self._lock:
-                if self._spare is not None:
+                held = dict(self._coordinators)
+                if self._spare is not None and not held:
                     continue
-                held = list(self._coordinators.values())
             # A coordinator that does not answer may be restarting: it counts as running, and it
-            # is never dropped here (that would end it); the janitor decides about its job.
-            if not any(self._is_running(hosted) for hosted in held):
+            # is not let go (that would end it); the janitor decides about its job.
+            states = {
+                name: coordinator_state(hosted.handle, timeout_s=_PING_TIMEOUT_S)
+                for name, hosted in held.items()
+            }
+            self._forget_dead(held, states)
+            if "running" not in states.values():
                 with self._lock:
                     self._spare = self._spare or self._new_coordinator()
+
+    def _forget_dead(self, held: dict[str, _Hosted], states: dict[str, str]) -> None:
+        # A coordinator past its restarts never asks to be released: its handle would be held for
+        # ever. Only one Ray reports dead for good goes, and only if it is still the one held.
+        with self._lock:
+            for name, state in states.items():
+                if state == "dead" and self._coordinators.get(name) is held[name]:
+                    del self._coordinators[name]
+                    self._assignments.pop(held[name].token, None)
+                    logger.info("coordinator %s died for good: let go of it", name)
 
     def _new_coordinator(self) -> _Hosted:
         token = uuid.uuid4().hex

@@ -38,3 +38,26 @@ def test_a_job_runs_on_the_spare_coordinator_started_before_it(api, pool, settin
         what="a new spare, and the finished coordinator released",
     )
     assert _actor_id(ray.get(host.spare.remote())) != spare_id
+
+
+def test_the_host_lets_go_of_a_coordinator_that_died_for_good(api, pool, settings, wait_for_job, unique):
+    job_id = api.post("/api/jobs/hello_world", json={"n": 2, "message": unique, "sleep_s": 20}).json()[
+        "job_id"
+    ]
+    with pool.connection() as conn:
+        attempt = conn.execute("SELECT attempt FROM rayetl.jobs WHERE id = %s", (job_id,)).fetchone()[
+            "attempt"
+        ]
+    name = coordinator_name("hello_world", job_id, attempt)
+    coordinator = find_hosted_coordinator(name, settings, timeout_s=10)
+    assert coordinator is not None
+
+    ray.kill(coordinator, no_restart=True)  # past its restarts: it never asks to be released
+    cancelled = api.post(f"/api/jobs/{job_id}/cancel").json()  # and the janitor leaves the job alone
+    assert cancelled["status"] == "cancelled"
+
+    wait_until(
+        lambda: find_hosted_coordinator(name, settings, timeout_s=10) is None,
+        timeout_s=30,
+        what="the host to let go of the dead coordinator",
+    )
