@@ -334,26 +334,24 @@ def run(
             f"job {done.job.id} {done.job.status.value}" + (" (already submitted)" if done.idempotent else "")
         )
 
-        def get_job() -> dict[str, Any]:
-            with pool.connection() as conn:
-                return audit.get_job(conn, done.job.id).model_dump(mode="json")
-
         deadline = time.monotonic() + timeout_s
+        # One connection reads the job and hears of its end: the bars are redrawn twice a second,
+        # and at once when a job ends, so the command returns as the job does.
+        with pool.connection() as conn, audit.job_ends(conn) as wait_for_an_end:
 
-        def get_job_until_deadline() -> dict[str, Any]:
-            job = get_job()
-            if time.monotonic() < deadline or job["status"] not in ("queued", "running"):
-                return job
-            return {
-                **job,
-                "status": "timeout",
-                "error": f"still {job['status']} after {timeout_s:g} s; the job goes on: "
-                f"`rayetl status {job['id']}` shows it, `rayetl cancel {job['id']}` stops it",
-            }
+            def job_until_deadline() -> dict[str, Any]:
+                with conn.transaction():
+                    job = audit.get_job(conn, done.job.id).model_dump(mode="json")
+                if time.monotonic() < deadline or job["status"] not in ("queued", "running"):
+                    return job
+                return {
+                    **job,
+                    "status": "timeout",
+                    "error": f"still {job['status']} after {timeout_s:g} s; the job goes on: "
+                    f"`rayetl status {job['id']}` shows it, `rayetl cancel {job['id']}` stops it",
+                }
 
-        # Redrawn twice a second, and at once when a job ends: the command returns as the job does.
-        with pool.connection() as listening, audit.job_ends(listening) as wait_for_an_end:
-            job = follow(get_job_until_deadline, pause=functools.partial(wait_for_an_end, 0.5))
+            job = follow(job_until_deadline, pause=functools.partial(wait_for_an_end, 0.5))
         _print_json(
             {"job_id": job["id"], "status": job["status"], "result": job["result"], "error": job["error"]}
         )

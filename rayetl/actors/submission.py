@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
@@ -109,7 +110,11 @@ def find_coordinator(job: JobRecord, settings: Settings):
 
 def _require_job(pool: ConnectionPool, job_id: str) -> JobRecord:
     with pool.connection() as conn:
-        job = audit.get_job(conn, job_id)
+        return _existing_job(conn, job_id)
+
+
+def _existing_job(conn: Connection, job_id: str) -> JobRecord:
+    job = audit.get_job(conn, job_id)
     if job is None:
         raise NotFound(f"no job with id {job_id!r} (GET /api/jobs lists the jobs)")
     return job
@@ -165,9 +170,7 @@ def wait_for_job(job_id: str, *, pool: ConnectionPool, timeout_s: float, recheck
     with pool.connection() as conn, audit.job_ends(conn) as wait_for_an_end:
         while True:
             with conn.transaction():
-                job = audit.get_job(conn, job_id)
-            if job is None:
-                raise NotFound(f"no job with id {job_id!r} (GET /api/jobs lists the jobs)")
+                job = _existing_job(conn, job_id)
             if job.status.is_terminal:
                 return job
             remaining = deadline - time.monotonic()

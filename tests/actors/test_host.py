@@ -11,19 +11,24 @@ def _actor_id(handle) -> str:
     return ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_actor_id()))
 
 
-def test_a_job_runs_on_the_spare_coordinator_started_before_it(api, pool, settings, wait_for_job, unique):
-    host = ensure_host(settings)
-    wait_until(lambda: ray.get(host.spare.remote()) is not None, timeout_s=30, what="a spare coordinator")
-    spare_id = _actor_id(ray.get(host.spare.remote()))
-
-    job_id = api.post("/api/jobs/hello_world", json={"n": 2, "message": unique, "sleep_s": 1}).json()[
+def _submit_hello_world(api, pool, unique: str, *, sleep_s: float) -> tuple[str, str]:
+    """A hello_world job of two slow tasks, through the API: its id and its coordinator's name."""
+    job_id = api.post("/api/jobs/hello_world", json={"n": 2, "message": unique, "sleep_s": sleep_s}).json()[
         "job_id"
     ]
     with pool.connection() as conn:
         attempt = conn.execute("SELECT attempt FROM rayetl.jobs WHERE id = %s", (job_id,)).fetchone()[
             "attempt"
         ]
-    name = coordinator_name("hello_world", job_id, attempt)
+    return job_id, coordinator_name("hello_world", job_id, attempt)
+
+
+def test_a_job_runs_on_the_spare_coordinator_started_before_it(api, pool, settings, wait_for_job, unique):
+    host = ensure_host(settings)
+    wait_until(lambda: ray.get(host.spare.remote()) is not None, timeout_s=30, what="a spare coordinator")
+    spare_id = _actor_id(ray.get(host.spare.remote()))
+
+    job_id, name = _submit_hello_world(api, pool, unique, sleep_s=1)
     coordinator = find_hosted_coordinator(name, settings, timeout_s=10)
     assert coordinator is not None and _actor_id(coordinator) == spare_id
 
@@ -41,14 +46,7 @@ def test_a_job_runs_on_the_spare_coordinator_started_before_it(api, pool, settin
 
 
 def test_the_host_lets_go_of_a_coordinator_that_died_for_good(api, pool, settings, wait_for_job, unique):
-    job_id = api.post("/api/jobs/hello_world", json={"n": 2, "message": unique, "sleep_s": 20}).json()[
-        "job_id"
-    ]
-    with pool.connection() as conn:
-        attempt = conn.execute("SELECT attempt FROM rayetl.jobs WHERE id = %s", (job_id,)).fetchone()[
-            "attempt"
-        ]
-    name = coordinator_name("hello_world", job_id, attempt)
+    job_id, name = _submit_hello_world(api, pool, unique, sleep_s=20)
     coordinator = find_hosted_coordinator(name, settings, timeout_s=10)
     assert coordinator is not None
 
