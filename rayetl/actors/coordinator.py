@@ -335,7 +335,9 @@ class JobCoordinator:
     def ping(self) -> dict[str, Any]:
         """Proof of life for the janitor, with what the coordinator is doing."""
         if self._runner is None:
-            return {"attempt": None, "stage": None, "running": False}  # a spare, or not adopted yet
+            # Handed a job whose adopt has not run yet (on a busy node it waits for this actor to
+            # start): it is about to run it. Nobody pings the spare; only coordinators with a job.
+            return {"attempt": None, "stage": None, "running": True}
         return {
             "attempt": self._runner.attempt,
             "stage": self._runner.stage,

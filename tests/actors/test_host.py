@@ -3,7 +3,8 @@
 import ray
 from conftest import wait_until
 
-from rayetl.actors.host import ensure_host, find_hosted_coordinator
+from rayetl.actors.coordinator import JobCoordinator
+from rayetl.actors.host import coordinator_state, ensure_host, find_hosted_coordinator
 from rayetl.actors.runtime import coordinator_name
 
 
@@ -59,3 +60,14 @@ def test_the_host_lets_go_of_a_coordinator_that_died_for_good(api, pool, setting
         timeout_s=30,
         what="the host to let go of the dead coordinator",
     )
+
+
+def test_a_coordinator_handed_a_job_counts_as_running_before_its_adopt_runs(settings):
+    # The janitor asked such a coordinator, found it "idle", took it for gone and resumed its job
+    # beside it: the two attempts then raced to publish the same table.
+    host = ensure_host(settings)
+    coordinator = JobCoordinator.remote(host, "a-token-no-assignment-has")
+    try:
+        assert coordinator_state(coordinator, timeout_s=60) == "running"
+    finally:
+        ray.kill(coordinator, no_restart=True)
